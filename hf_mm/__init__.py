@@ -1,0 +1,16 @@
+"""hf_mm: composable, Hub-native vision-language models. `import hf_mm` registers every family with Auto*."""
+
+from . import auto  # noqa: F401  (registration side effect)
+from .modeling import BRIDGES
+from .modeling.llava import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, HfMmLlavaModel
+from .processing import HfMmLlavaProcessor
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "BRIDGES",
+    "HfMmLlavaConfig",
+    "HfMmLlavaModel",
+    "HfMmLlavaForConditionalGeneration",
+    "HfMmLlavaProcessor",
+]

@@ -1,0 +1,29 @@
+"""The only place hf_mm registers with transformers' Auto* classes. Imported by `import hf_mm`.
+
+After this, `AutoConfig`, `AutoModel`, `AutoModelForImageTextToText`, `AutoModelForCausalLM` (TRL's model-from-path
+and PEFT's AutoPeftModelForCausalLM fall back to it) and `AutoProcessor` load hf_mm checkpoints without
+`trust_remote_code`.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+)
+
+from .modeling.llava import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, HfMmLlavaModel
+from .processing.processing_llava import HfMmLlavaProcessor
+
+
+def _register_llava() -> None:
+    AutoConfig.register(HfMmLlavaConfig.model_type, HfMmLlavaConfig, exist_ok=True)
+    AutoModel.register(HfMmLlavaConfig, HfMmLlavaModel, exist_ok=True)
+    AutoModelForImageTextToText.register(HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, exist_ok=True)
+    AutoModelForCausalLM.register(HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, exist_ok=True)
+    # LLaVA reuses its vision tower's image processor, so it registers no image processor of its own.
+    AutoProcessor.register(HfMmLlavaConfig, HfMmLlavaProcessor, exist_ok=True)
+
+
+_register_llava()

@@ -1,0 +1,3 @@
+from .bridges import BRIDGES, build_bridge
+
+__all__ = ["BRIDGES", "build_bridge"]

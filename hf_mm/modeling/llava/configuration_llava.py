@@ -1,0 +1,165 @@
+"""HfMmLlavaConfig: any HF vision encoder + a prefix bridge + any HF causal LM.
+
+Defaults are those of LLaVA-1.5-7B (CLIP ViT-L/14-336 tower, `mlp2x_gelu`, feature layer -2, CLS dropped).
+Choices the papers leave open, written down here:
+- `vision_feature_select_strategy="default"` drops the tower's *prefix* tokens (CLS, and registers for
+  DINOv2-with-registers), counted from the tower itself. transformers' Llava always drops exactly one token, which is
+  the same for CLIP but drops a real patch on SigLIP (which has no CLS); we keep every patch.
+- `tie_word_embeddings` follows the text config when the text config ties, as in transformers' `LlavaConfig`.
+"""
+
+from huggingface_hub.dataclasses import strict
+from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING, AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from ..bridges import BRIDGES
+
+FEATURE_SELECT_STRATEGIES = ("default", "full")
+
+# Tokens a vision tower puts before its patch grid. Used by the processor to count placeholders for the `full`
+# strategy; the model itself measures the prefix at run time, so an unlisted tower still works with `default`.
+_PREFIX_TOKENS = {
+    "clip_vision_model": lambda c: 1,
+    "siglip_vision_model": lambda c: 0,
+    "siglip2_vision_model": lambda c: 0,
+    "vit": lambda c: 1,
+    "dinov2": lambda c: 1,
+    "dinov2_with_registers": lambda c: 1 + c.num_register_tokens,
+}
+
+
+def num_prefix_tokens(vision_config: PreTrainedConfig) -> int:
+    """Number of CLS/register tokens the tower emits before its patches."""
+    if vision_config.model_type not in _PREFIX_TOKENS:
+        raise ValueError(
+            f"Unknown prefix-token count for vision model_type={vision_config.model_type!r}. Use "
+            "vision_feature_select_strategy='default', or pass num_additional_image_tokens to the processor. "
+            f"Known towers: {sorted(_PREFIX_TOKENS)}."
+        )
+    return _PREFIX_TOKENS[vision_config.model_type](vision_config)
+
+
+def check_vision_config(vision_config: PreTrainedConfig) -> None:
+    """A vision encoder: AutoModel can build it, it has a patch grid, and it is not a composite or a causal LM."""
+    model_type = getattr(vision_config, "model_type", None)
+    is_encoder = (
+        type(vision_config) in MODEL_MAPPING
+        and type(vision_config) not in MODEL_FOR_CAUSAL_LM_MAPPING
+        and hasattr(vision_config, "patch_size")
+        and hasattr(vision_config, "num_channels")
+    )
+    if not is_encoder:
+        hint = " Pass its `.vision_config`." if hasattr(vision_config, "vision_config") else ""
+        raise ValueError(
+            f"vision_config must be a vision encoder config (e.g. clip_vision_model, siglip_vision_model, vit, "
+            f"dinov2); got model_type={model_type!r}.{hint}"
+        )
+
+
+def check_text_config(text_config: PreTrainedConfig) -> None:
+    """A causal LM that AutoModelForCausalLM can build, and not one of our own composite models."""
+    model_type = getattr(text_config, "model_type", "")
+    if type(text_config) not in MODEL_FOR_CAUSAL_LM_MAPPING or model_type.startswith("hf_mm_"):
+        raise ValueError(
+            f"text_config must be a causal LM config (e.g. llama, qwen2, gpt2, opt); got model_type={model_type!r}. "
+            "Any model that AutoModelForCausalLM can build works."
+        )
+
+
+@strict
+class HfMmLlavaConfig(PreTrainedConfig):
+    r"""
+    vision_config: any AutoConfig vision encoder. text_config: any AutoConfig causal LM.
+    bridge_type: one of `BRIDGES` (`linear`, `mlp2x_gelu`, `pixel_shuffle`).
+    bridge_hidden_size: hidden width of MLP bridges (None: the LM width).
+    bridge_bias: bias in the bridge's linear layers.
+    pixel_shuffle_factor: side s of the s x s neighbourhoods the `pixel_shuffle` bridge concatenates.
+    vision_feature_layer: index of the tower hidden state to read, or a list whose states are concatenated.
+    vision_feature_select_strategy: `default` drops CLS/register tokens, `full` keeps them.
+    image_token_id: id of the `<image>` placeholder token.
+    """
+
+    model_type = "hf_mm_llava"
+    # TRL reads `config.auto_map` when given a path; a class attribute (not a field) is never serialized.
+    auto_map = {}
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="clip_vision_model",
+            init_kwargs={
+                "hidden_size": 1024,
+                "intermediate_size": 4096,
+                "num_hidden_layers": 24,
+                "num_attention_heads": 16,
+                "patch_size": 14,
+                "image_size": 336,
+                "projection_dim": 768,
+            },
+        ),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    bridge_type: str = "mlp2x_gelu"
+    bridge_hidden_size: int | None = None
+    bridge_bias: bool = True
+    pixel_shuffle_factor: int = 2
+    vision_feature_layer: int | list[int] = -2
+    vision_feature_select_strategy: str = "default"
+    image_token_id: int = 32000
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        check_vision_config(self.vision_config)
+        check_text_config(self.text_config)
+        if self.bridge_type not in BRIDGES:
+            raise ValueError(f"Unknown bridge_type={self.bridge_type!r}. Allowed: {sorted(BRIDGES)}.")
+        if self.vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
+            raise ValueError(
+                f"vision_feature_select_strategy={self.vision_feature_select_strategy!r} is not one of "
+                f"{FEATURE_SELECT_STRATEGIES}."
+            )
+        self._check_feature_layers()
+        if self.pixel_shuffle_factor < 1:
+            raise ValueError(f"pixel_shuffle_factor must be >= 1, got {self.pixel_shuffle_factor}.")
+        if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
+            self.tie_word_embeddings = True
+
+    def _check_feature_layers(self) -> None:
+        layers = self.vision_feature_layers
+        num_states = self.vision_config.num_hidden_layers + 1  # embeddings + every block
+        bad = [i for i in layers if not -num_states <= i < num_states]
+        if not layers or bad:
+            raise ValueError(
+                f"vision_feature_layer={self.vision_feature_layer!r} is out of range: the tower has {num_states} "
+                f"hidden states, so each index must lie in [{-num_states}, {num_states - 1}]."
+            )
+
+    @property
+    def vision_feature_layers(self) -> list[int]:
+        """`vision_feature_layer` as a list (a single int becomes a one-element list)."""
+        layer = self.vision_feature_layer
+        return [layer] if isinstance(layer, int) else list(layer)
+
+    def bridge_settings(self) -> dict:
+        """Settings passed to `build_bridge`; each bridge keeps the ones it declares."""
+        return {
+            "bias": self.bridge_bias,
+            "hidden_size": self.bridge_hidden_size,
+            "factor": self.pixel_shuffle_factor,
+        }
+
+    @property
+    def image_downsample_factor(self) -> int:
+        """Side of the patch neighbourhood merged into one token by the bridge (1: one token per patch)."""
+        return self.pixel_shuffle_factor if self.bridge_type == "pixel_shuffle" else 1
+
+    @property
+    def num_additional_image_tokens(self) -> int:
+        """Tokens per image beyond the patch grid: the tower's prefix tokens when they are kept (`full`)."""
+        return num_prefix_tokens(self.vision_config) if self.vision_feature_select_strategy == "full" else 0
+
+
+__all__ = ["HfMmLlavaConfig"]

@@ -1,0 +1,4 @@
+from .processing_llava import HfMmLlavaProcessor
+from .tokenization import IMAGE_TOKEN, default_chat_template, prepare_tokenizer
+
+__all__ = ["HfMmLlavaProcessor", "IMAGE_TOKEN", "default_chat_template", "prepare_tokenizer"]

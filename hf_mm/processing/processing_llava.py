@@ -1,0 +1,144 @@
+"""HfMmLlavaProcessor: the vision tower's image processor + the LM's tokenizer + `<image>` + a chat template.
+
+The processor expands each `<image>` into exactly the number of tokens the bridge emits for that image:
+`(H / patch) * (W / patch) / downsample_factor^2 + num_additional_image_tokens`, read from the processed pixels.
+The model scatters the bridge outputs into those positions; any mismatch fails loudly on both sides.
+
+Choices written down:
+- Images must be PIL images, numpy arrays or torch tensors. Strings (paths, URLs) are refused: opening files and
+  fetching URLs is the caller's decision, not a side effect of tokenisation.
+- Truncation that would change an image's placeholder count raises a ValueError naming the sample, never cuts.
+- Chat template: the one passed in, else the tokenizer's, else hf_mm's ChatML template with `{% generation %}`
+  markers (installed by `prepare_tokenizer`, with its `<|im_start|>` / `<|im_end|>` tokens).
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import PIL.Image
+import torch
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, ProcessorMixin
+from transformers.image_utils import get_image_size, to_numpy_array
+
+from ..modeling.llava.configuration_llava import HfMmLlavaConfig
+from ..modeling.towers import load_vision_config
+from .tokenization import IMAGE_TOKEN, default_chat_template, prepare_tokenizer
+
+_IMAGE_TYPES = (PIL.Image.Image, np.ndarray, torch.Tensor)
+
+
+def _flatten_images(images) -> list:
+    """Nested lists of images (one list per sample) -> a flat list; anything else is returned as a one-list."""
+    if isinstance(images, (list, tuple)):
+        return [image for item in images for image in _flatten_images(item)]
+    return [images]
+
+
+class HfMmLlavaProcessor(ProcessorMixin):
+    r"""
+    image_processor: the vision tower's image processor. tokenizer: the LM's tokenizer (with `<image>`).
+    patch_size: the vision tower's patch size.
+    num_additional_image_tokens: tokens per image beyond the patch grid (CLS/registers kept by `full`).
+    downsample_factor: side of the patch neighbourhood the bridge merges into one token (pixel shuffle), else 1.
+    """
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        chat_template=None,
+        patch_size: int = 14,
+        num_additional_image_tokens: int = 0,
+        downsample_factor: int = 1,
+        image_token: str = IMAGE_TOKEN,
+        **kwargs,
+    ):
+        self.patch_size = patch_size
+        self.num_additional_image_tokens = num_additional_image_tokens
+        self.downsample_factor = downsample_factor
+        self.image_token = image_token
+        if image_token not in tokenizer.get_vocab():
+            raise ValueError(
+                f"The tokenizer has no {image_token!r} token. Call hf_mm.processing.prepare_tokenizer(tokenizer) "
+                "first, or build the processor with HfMmLlavaProcessor.from_vision_text_pretrained."
+            )
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        if chat_template is None:
+            chat_template = tokenizer.chat_template or default_chat_template()
+        super().__init__(image_processor, tokenizer, chat_template=chat_template, **kwargs)
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls, vision_name_or_path: str, text_name_or_path: str, chat_template: str | None = None, **config_kwargs
+    ) -> HfMmLlavaProcessor:
+        """The processor matching `HfMmLlavaForConditionalGeneration.from_vision_text_pretrained` with the same
+        arguments: the tower's image processor, the LM's tokenizer with `<image>` added, and placeholder counts read
+        from the composed config (`bridge_type`, `pixel_shuffle_factor`, `vision_feature_select_strategy`)."""
+        vision_config = load_vision_config(vision_name_or_path)
+        text_config = AutoConfig.from_pretrained(text_name_or_path)
+        config = HfMmLlavaConfig(vision_config=vision_config, text_config=text_config, **config_kwargs)
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
+        return cls.from_llava_config(
+            config, AutoImageProcessor.from_pretrained(vision_name_or_path), tokenizer, chat_template
+        )
+
+    @classmethod
+    def from_llava_config(cls, config: HfMmLlavaConfig, image_processor, tokenizer, chat_template=None):
+        """Build the processor whose placeholder counts match `config`'s tower, feature selection and bridge."""
+        return cls(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            chat_template=chat_template,
+            patch_size=config.vision_config.patch_size,
+            num_additional_image_tokens=config.num_additional_image_tokens,
+            downsample_factor=config.image_downsample_factor,
+        )
+
+    def num_image_tokens(self, height: int, width: int) -> int:
+        """Placeholders for one processed image of `height` x `width` pixels."""
+        grid_h, grid_w = height // self.patch_size, width // self.patch_size
+        s = self.downsample_factor
+        if grid_h % s or grid_w % s:
+            raise ValueError(
+                f"The {grid_h}x{grid_w} patch grid of a {height}x{width} image does not divide by the bridge's "
+                f"downsample_factor={s}. Resize images to a multiple of {self.patch_size * s} pixels."
+            )
+        return (grid_h // s) * (grid_w // s) + self.num_additional_image_tokens
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        height, width = get_image_size(to_numpy_array(image_inputs["pixel_values"][image_idx]))
+        return self.image_token * self.num_image_tokens(height, width)
+
+    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        if images is not None:
+            for index, image in enumerate(_flatten_images(images)):
+                if not isinstance(image, _IMAGE_TYPES):
+                    raise TypeError(
+                        f"images[{index}] is a {type(image).__name__}; expected a PIL.Image.Image, numpy array or "
+                        "torch tensor. Open files with PIL.Image.open(path).convert('RGB') first."
+                    )
+        super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]):
+        # Overrides transformers' check of the same name (the hook it calls after tokenising) so the error names
+        # the sample whose placeholder run truncation would cut.
+        input_ids = text_inputs["input_ids"]
+        input_ids = input_ids.tolist() if hasattr(input_ids, "tolist") else input_ids
+        for index, (ids, sample) in enumerate(zip(input_ids, text)):
+            expected = len(re.findall(re.escape(self.image_token), sample))
+            found = list(ids).count(self.image_token_id)
+            if found != expected:
+                raise ValueError(
+                    f"Sample {index}: truncation would cut its image placeholders ({found} of {expected} "
+                    "<image> tokens kept). Image tokens are never truncated: raise max_length, shorten the text, "
+                    "or drop the sample."
+                )
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+__all__ = ["HfMmLlavaProcessor"]

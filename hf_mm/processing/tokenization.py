@@ -1,0 +1,39 @@
+"""Tokenizer preparation shared by every family's processor and by model composition.
+
+Composition (`from_vision_text_pretrained`) resizes the LM's embeddings for the tokens added here, and the processor
+uses the same tokenizer, so the two always agree on the vocabulary and on the placeholder ids.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+IMAGE_TOKEN = "<image>"
+CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+
+
+def default_chat_template() -> str:
+    """hf_mm's ChatML template: renders `{"type": "image"}` parts as `<image>`, marks assistant turns."""
+    return resources.files("hf_mm.processing").joinpath("chat_templates/chatml.jinja").read_text()
+
+
+def prepare_tokenizer(tokenizer, image_token: str = IMAGE_TOKEN):
+    """Add `<image>`, a pad token and (when the tokenizer has none) the ChatML template, in place.
+
+    The model's composition and the processor's both call this on the same tokenizer checkpoint, so both agree on
+    the vocabulary and on `image_token_id`. Returns the tokenizer.
+    """
+    new_tokens = [] if image_token in tokenizer.get_vocab() else [image_token]
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = default_chat_template()
+        new_tokens += [t for t in CHATML_TOKENS if t not in tokenizer.get_vocab()]
+    if new_tokens:
+        tokenizer.add_special_tokens({"additional_special_tokens": new_tokens}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("The tokenizer has neither a pad token nor an eos token; set tokenizer.pad_token.")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+__all__ = ["IMAGE_TOKEN", "CHATML_TOKENS", "default_chat_template", "prepare_tokenizer"]

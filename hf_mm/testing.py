@@ -1,0 +1,182 @@
+"""Tiny towers, a tokenizer built in code, and tiny saved checkpoints: for hf_mm's tests and for users' own.
+
+Nothing here touches the network. Every vision tower sees 32x32 images in 8x8 patches (a 4x4 grid, 16 patches),
+every tower is 32 wide with 2 layers, and the tokenizer is a byte-level BPE trained on a few sentences in code.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import PIL.Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    CLIPVisionConfig,
+    Dinov2Config,
+    GPT2Config,
+    LlamaConfig,
+    OPTConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    SiglipImageProcessorPil,
+    SiglipVisionConfig,
+    ViTConfig,
+    ViTImageProcessorPil,
+)
+
+from .modeling.llava import HfMmLlavaConfig
+from .processing import HfMmLlavaProcessor, prepare_tokenizer
+
+IMAGE_SIZE = 32
+PATCH_SIZE = 8
+HIDDEN = 32
+TEXT_VOCAB_SIZE = 352  # the BPE below has 320 entries; the LM vocab is padded past it, as real LMs' often are
+EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<pad>"
+EOS_ID, PAD_ID = 0, 1
+
+VISION_TOWERS = ("clip", "siglip", "vit", "dinov2")
+TEXT_MODELS = ("llama", "qwen2", "gpt2", "opt")
+
+_CORPUS = [
+    "a photo of a red square on a black background",
+    "the image shows a blue circle next to a green triangle",
+    "user: what colour is the shape? assistant: the shape is red.",
+    "describe the picture in one sentence. there are two cats and one dog.",
+    "how many objects are there? three. four. five. six. seven. eight. nine. ten.",
+    "0 1 2 3 4 5 6 7 8 9 yes no left right top bottom large small",
+]
+
+
+def tiny_vision_config(kind: str):
+    """A 2-layer, 32-wide vision encoder config of `kind` in `VISION_TOWERS` (32px images, 8px patches)."""
+    common = dict(hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2, image_size=IMAGE_SIZE)
+    common["patch_size"] = PATCH_SIZE
+    if kind == "clip":
+        return CLIPVisionConfig(intermediate_size=64, projection_dim=HIDDEN, **common)
+    if kind == "siglip":
+        return SiglipVisionConfig(intermediate_size=64, **common)
+    if kind == "vit":
+        return ViTConfig(intermediate_size=64, **common)
+    if kind == "dinov2":
+        return Dinov2Config(mlp_ratio=2, **common)
+    raise ValueError(f"Unknown tiny vision tower {kind!r}. Allowed: {VISION_TOWERS}.")
+
+
+def tiny_text_config(kind: str, vocab_size: int = TEXT_VOCAB_SIZE):
+    """A 2-layer, 32-wide causal LM config of `kind` in `TEXT_MODELS`."""
+    ids = dict(bos_token_id=EOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    if kind in ("llama", "qwen2"):
+        cls = LlamaConfig if kind == "llama" else Qwen2Config
+        return cls(
+            vocab_size=vocab_size, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            tie_word_embeddings=kind == "qwen2", **ids,
+        )  # fmt: skip
+    if kind == "gpt2":
+        return GPT2Config(vocab_size=vocab_size, n_embd=HIDDEN, n_layer=2, n_head=2, n_positions=512, **ids)
+    if kind == "opt":
+        return OPTConfig(
+            vocab_size=vocab_size, hidden_size=HIDDEN, word_embed_proj_dim=HIDDEN, ffn_dim=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=512, **ids,
+        )  # fmt: skip
+    raise ValueError(f"Unknown tiny text model {kind!r}. Allowed: {TEXT_MODELS}.")
+
+
+def tiny_image_processor(kind: str):
+    """The image processor each tower type ships with, at 32x32."""
+    square = {"height": IMAGE_SIZE, "width": IMAGE_SIZE}
+    if kind in ("clip", "dinov2"):  # DINOv2 ships a BitImageProcessor: the same resize + center-crop as CLIP
+        return CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE}, crop_size=square)
+    if kind == "siglip":
+        return SiglipImageProcessorPil(size=square)
+    if kind == "vit":
+        return ViTImageProcessorPil(size=square)
+    raise ValueError(f"Unknown tiny vision tower {kind!r}. Allowed: {VISION_TOWERS}.")
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE (320 entries) trained in code, like a plain LM's tokenizer: no `<image>`, no chat template."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=PAD_TOKEN
+    )
+
+
+def tiny_llava_config(vision: str = "clip", text: str = "llama", bridge_type: str = "mlp2x_gelu", **kwargs):
+    """A tiny HfMmLlavaConfig whose `image_token_id` matches `tiny_llava_processor`'s tokenizer."""
+    tokenizer = prepare_tokenizer(tiny_tokenizer())
+    kwargs.setdefault("vision_feature_select_strategy", "default")
+    return HfMmLlavaConfig(
+        vision_config=tiny_vision_config(vision),
+        text_config=tiny_text_config(text),
+        bridge_type=bridge_type,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        **kwargs,
+    )
+
+
+def tiny_llava_processor(config: HfMmLlavaConfig, vision: str = "clip") -> HfMmLlavaProcessor:
+    """The processor matching a tiny config: the tower's image processor and the prepared tiny tokenizer."""
+    tokenizer = prepare_tokenizer(tiny_tokenizer())
+    return HfMmLlavaProcessor.from_llava_config(config, tiny_image_processor(vision), tokenizer)
+
+
+def random_images(n: int, seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[PIL.Image.Image]:
+    """`n` random RGB images (height, width = size) from a seeded generator."""
+    rng = np.random.default_rng(seed)
+    return [PIL.Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def save_tiny_vision_tower(path: str | os.PathLike, kind: str = "clip") -> str:
+    """Save a randomly initialised tiny vision encoder and its image processor to `path`; returns `path`."""
+    AutoModel.from_config(tiny_vision_config(kind)).save_pretrained(path)
+    tiny_image_processor(kind).save_pretrained(path)
+    return str(path)
+
+
+def save_tiny_dual_encoder(path: str | os.PathLike) -> str:
+    """Save a tiny CLIPModel (vision + text towers) and its image processor, as a dual-encoder checkpoint."""
+    vision = tiny_vision_config("clip").to_dict()
+    text = dict(vocab_size=TEXT_VOCAB_SIZE, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2)
+    config = CLIPConfig(vision_config=vision, text_config=dict(text, num_attention_heads=2), projection_dim=HIDDEN)
+    CLIPModel(config).save_pretrained(path)
+    tiny_image_processor("clip").save_pretrained(path)
+    return str(path)
+
+
+def save_tiny_causal_lm(path: str | os.PathLike, kind: str = "llama") -> str:
+    """Save a randomly initialised tiny causal LM and the tiny tokenizer (as an LM ships it) to `path`."""
+    AutoModelForCausalLM.from_config(tiny_text_config(kind)).save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return str(path)
+
+
+__all__ = [
+    "VISION_TOWERS",
+    "TEXT_MODELS",
+    "tiny_vision_config",
+    "tiny_text_config",
+    "tiny_image_processor",
+    "tiny_tokenizer",
+    "tiny_llava_config",
+    "tiny_llava_processor",
+    "random_images",
+    "save_tiny_vision_tower",
+    "save_tiny_dual_encoder",
+    "save_tiny_causal_lm",
+]
