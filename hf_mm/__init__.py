@@ -1,6 +1,7 @@
 """hf_mm: composable, Hub-native vision-language models. `import hf_mm` registers every family with Auto*."""
 
 from . import auto  # noqa: F401  (registration side effect)
+from .convert import from_transformers_llava
 from .modeling import BRIDGES
 from .modeling.llava import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, HfMmLlavaModel
 from .processing import HfMmLlavaProcessor
@@ -13,4 +14,5 @@ __all__ = [
     "HfMmLlavaModel",
     "HfMmLlavaForConditionalGeneration",
     "HfMmLlavaProcessor",
+    "from_transformers_llava",
 ]

@@ -167,8 +167,7 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel):
             position_ids=position_ids,
             past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            return_dict=True,
-            **kwargs,
+            **{**kwargs, "return_dict": True},  # generate() passes return_dict; our outputs are always ModelOutput
         )
         return HfMmLlavaModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
