@@ -160,9 +160,13 @@ def save_tiny_dual_encoder(path: str | os.PathLike) -> str:
 
 
 def save_tiny_causal_lm(path: str | os.PathLike, kind: str = "llama") -> str:
-    """Save a randomly initialised tiny causal LM and the tiny tokenizer (as an LM ships it) to `path`."""
-    AutoModelForCausalLM.from_config(tiny_text_config(kind)).save_pretrained(path)
-    tiny_tokenizer().save_pretrained(path)
+    """Save a randomly initialised tiny causal LM and the tiny tokenizer (as an LM ships it) to `path`.
+
+    The vocabulary is exactly the tokenizer's, as in Llama-2, so composing a VLM must resize the embeddings.
+    """
+    tokenizer = tiny_tokenizer()
+    AutoModelForCausalLM.from_config(tiny_text_config(kind, vocab_size=len(tokenizer))).save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return str(path)
 
 

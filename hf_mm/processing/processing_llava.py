@@ -111,15 +111,15 @@ class HfMmLlavaProcessor(ProcessorMixin):
         height, width = get_image_size(to_numpy_array(image_inputs["pixel_values"][image_idx]))
         return self.image_token * self.num_image_tokens(height, width)
 
-    def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        if images is not None:
-            for index, image in enumerate(_flatten_images(images)):
-                if not isinstance(image, _IMAGE_TYPES):
-                    raise TypeError(
-                        f"images[{index}] is a {type(image).__name__}; expected a PIL.Image.Image, numpy array or "
-                        "torch tensor. Open files with PIL.Image.open(path).convert('RGB') first."
-                    )
-        super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        # transformers would open strings as paths or fetch them as URLs here; check types before it can.
+        for index, image in enumerate(_flatten_images(images) if images is not None else []):
+            if not isinstance(image, _IMAGE_TYPES):
+                raise TypeError(
+                    f"images[{index}] is a {type(image).__name__}; expected a PIL.Image.Image, numpy array or "
+                    "torch tensor. Open files with PIL.Image.open(path).convert('RGB') first."
+                )
+        return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]):
         # Overrides transformers' check of the same name (the hook it calls after tokenising) so the error names

@@ -215,6 +215,9 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
         vision_tower = load_vision_tower(vision_name_or_path, **load_kwargs)
         causal_lm = load_causal_lm(text_name_or_path, quantization_config=quantization_config, **load_kwargs)
 
+        # Keep the attention each tower resolved; building the composite config resets the shared sub-configs'.
+        text_attn = causal_lm.config._attn_implementation
+        vision_attn = vision_tower.config._attn_implementation
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
         if len(tokenizer) > causal_lm.get_input_embeddings().num_embeddings:
             causal_lm.resize_token_embeddings(len(tokenizer))
@@ -225,6 +228,7 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
             image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
             **config_kwargs,
         )
+        config._attn_implementation = {"": text_attn, "text_config": text_attn, "vision_config": vision_attn}
         with torch.device("meta"):  # the towers are replaced below; don't allocate them twice
             model = cls(config)
         model.model.vision_tower = vision_tower

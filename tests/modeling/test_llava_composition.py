@@ -1,0 +1,79 @@
+"""`from_vision_text_pretrained` on real `from_pretrained` paths (tiny towers saved to a temp dir)."""
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, CLIPModel
+
+from hf_mm import HfMmLlavaForConditionalGeneration, HfMmLlavaProcessor
+from hf_mm import testing as T
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("towers")
+    paths = {kind: T.save_tiny_vision_tower(root / kind, kind) for kind in ("clip", "siglip")}
+    paths["clip_dual"] = T.save_tiny_dual_encoder(root / "clip_dual")
+    paths.update({kind: T.save_tiny_causal_lm(root / kind, kind) for kind in ("llama", "qwen2", "gpt2")})
+    return paths
+
+
+def compose(towers, vision, text, **kwargs):
+    model = HfMmLlavaForConditionalGeneration.from_vision_text_pretrained(towers[vision], towers[text], **kwargs)
+    processor = HfMmLlavaProcessor.from_vision_text_pretrained(towers[vision], towers[text], **kwargs)
+    return model, processor
+
+
+def ask(processor, n=2):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    return processor(images=T.random_images(n), text=[text] * n, return_tensors="pt", padding=True)
+
+
+@pytest.mark.parametrize(
+    "vision, text, bridge", [("clip", "llama", "mlp2x_gelu"), ("siglip", "qwen2", "pixel_shuffle")]
+)
+def test_towers_keep_their_weights_and_the_processor_matches(towers, vision, text, bridge):
+    model, processor = compose(towers, vision, text, bridge_type=bridge)
+    source_vision = AutoModel.from_pretrained(towers[vision])
+    for name, tensor in source_vision.state_dict().items():
+        assert torch.equal(model.model.vision_tower.state_dict()[name], tensor), name
+    source_lm = AutoModelForCausalLM.from_pretrained(towers[text])
+    vocab = source_lm.config.vocab_size
+    for name, tensor in source_lm.base_model.state_dict().items():
+        ours = model.model.language_model.state_dict()[name]
+        assert torch.equal(ours[:vocab] if "embed" in name else ours, tensor), name
+    # <image> and the ChatML tokens were added, and the embeddings grew to hold them.
+    assert model.get_input_embeddings().num_embeddings == len(processor.tokenizer) == vocab + 3
+    assert model.config.image_token_id == processor.image_token_id
+    assert model.config.bridge_type == bridge
+    out = model.generate(**ask(processor), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ask(processor)["input_ids"].shape[1] + 4
+
+
+def test_vision_from_a_dual_encoder_checkpoint_takes_its_vision_tower(towers):
+    model, processor = compose(towers, "clip_dual", "llama")
+    source = CLIPModel.from_pretrained(towers["clip_dual"]).vision_model.state_dict()
+    ours = model.model.vision_tower.state_dict()
+    assert ours.keys() == source.keys()
+    assert all(torch.equal(ours[k], source[k]) for k in source)
+    assert model(**ask(processor)).logits.isfinite().all()
+
+
+def test_tied_lm_stays_tied_after_composition_and_reload(towers, tmp_path):
+    model, processor = compose(towers, "clip", "gpt2", bridge_type="linear")
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert reloaded.lm_head.weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
+    inputs = ask(AutoProcessor.from_pretrained(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs).logits, model.eval()(**inputs).logits)
+
+
+def test_dtype_and_attn_implementation_pass_through(towers):
+    model, processor = compose(towers, "clip", "llama", dtype=torch.bfloat16, attn_implementation="eager")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.model.language_model.config._attn_implementation == "eager"
+    assert model.model.vision_tower.config._attn_implementation == "eager"
+    assert model(**ask(processor)).logits.dtype == torch.bfloat16

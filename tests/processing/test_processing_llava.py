@@ -1,0 +1,110 @@
+import numpy as np
+import pytest
+import torch
+
+from hf_mm import HfMmLlavaProcessor
+from hf_mm import testing as T
+from hf_mm.processing import prepare_tokenizer
+
+
+def processor_for(bridge="mlp2x_gelu", vision="clip", **kwargs):
+    config = T.tiny_llava_config(vision, "llama", bridge, **kwargs)
+    return config, T.tiny_llava_processor(config, vision)
+
+
+@pytest.mark.parametrize(
+    "bridge, strategy, expected",
+    [("linear", "default", 16), ("mlp2x_gelu", "full", 17), ("pixel_shuffle", "default", 4)],
+)
+def test_expands_each_image_to_the_bridge_token_count(bridge, strategy, expected):
+    config, processor = processor_for(bridge, vision_feature_select_strategy=strategy)
+    inputs = processor(images=T.random_images(3), text=["a <image> b <image>", "<image> c"], padding=True)
+    counts = [ids.count(config.image_token_id) for ids in inputs["input_ids"]]
+    assert counts == [2 * expected, expected]
+    assert np.asarray(inputs["pixel_values"]).shape == (3, 3, T.IMAGE_SIZE, T.IMAGE_SIZE)
+
+
+def test_batches_pad_on_the_tokenizer_side():
+    _, processor = processor_for()
+    processor.tokenizer.padding_side = "left"
+    inputs = processor(images=T.random_images(2), text=["<image> a long question here", "<image>"], padding=True)
+    mask = inputs["attention_mask"]
+    assert len(mask[0]) == len(mask[1]) and mask[1][0] == 0 and mask[1][-1] == 1
+
+
+@pytest.mark.parametrize("n_images, match", [(1, "Found total 2 <image> tokens and 1 images"), (0, "no images")])
+def test_placeholder_and_image_counts_must_agree(n_images, match):
+    _, processor = processor_for()
+    images = T.random_images(n_images) if n_images else None
+    with pytest.raises(ValueError, match=match):
+        processor(images=images, text="<image> and <image>")
+
+
+@pytest.mark.parametrize("bad", ["cat.png", 3, {"pixels": 1}])
+def test_wrong_image_type_is_a_type_error_naming_the_index(bad):
+    _, processor = processor_for()
+    with pytest.raises(TypeError, match=rf"images\[1\] is a {type(bad).__name__}; expected a PIL.Image.Image"):
+        processor(images=[T.random_images(1)[0], bad], text="<image><image>")
+
+
+def test_truncation_never_cuts_an_image_run_and_names_the_sample():
+    _, processor = processor_for()
+    texts = ["short <image>", "a much longer question that pushes its image far to the right <image>"]
+    ok = processor(images=T.random_images(1), text=texts[:1], truncation=True, max_length=64)
+    assert len(ok["input_ids"][0]) <= 64
+    with pytest.raises(ValueError, match=r"Sample 1: truncation would cut its image placeholders \(\d+ of 16"):
+        processor(images=T.random_images(2), text=texts, truncation=True, max_length=40)
+
+
+def test_chat_template_renders_images_and_marks_only_assistant_tokens():
+    _, processor = processor_for()
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "compare"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "left is red"}]},
+        {"role": "user", "content": [{"type": "text", "text": "and now?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "right is blue"}]},
+    ]
+    text = processor.apply_chat_template(messages)
+    assert text.count("<image>") == 2 and text.startswith("<|im_start|>user\n<image><image>compare")
+    rendered = processor.tokenizer.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    ids, mask = rendered["input_ids"], rendered["assistant_masks"]
+    assistant_text = processor.tokenizer.decode([i for i, m in zip(ids, mask) if m])
+    assert assistant_text == "left is red<|im_end|>right is blue<|im_end|>"
+
+
+def test_save_and_load_keep_template_and_counts(tmp_path):
+    config, processor = processor_for("pixel_shuffle")
+    processor.save_pretrained(tmp_path)
+    assert (tmp_path / "chat_template.jinja").exists()
+    loaded = HfMmLlavaProcessor.from_pretrained(tmp_path)
+    assert loaded.chat_template == processor.chat_template
+    assert (loaded.patch_size, loaded.downsample_factor, loaded.image_token_id) == (8, 2, config.image_token_id)
+    text = ["<image> hi"]
+    images = T.random_images(1)
+    assert loaded(images=images, text=text)["input_ids"] == processor(images=images, text=text)["input_ids"]
+
+
+def test_prepare_tokenizer_adds_tokens_once_and_keeps_an_existing_template():
+    tokenizer = prepare_tokenizer(T.tiny_tokenizer())
+    size = len(tokenizer)
+    assert {"<image>", "<|im_start|>", "<|im_end|>"} <= set(tokenizer.get_vocab())
+    assert len(prepare_tokenizer(tokenizer)) == size
+    custom = T.tiny_tokenizer()
+    custom.chat_template = "{{ messages[0]['content'] }}"
+    assert prepare_tokenizer(custom).chat_template == "{{ messages[0]['content'] }}"
+    assert "<|im_start|>" not in custom.get_vocab()
+
+
+def test_processor_requires_the_image_token():
+    with pytest.raises(ValueError, match="The tokenizer has no '<image>' token"):
+        HfMmLlavaProcessor(image_processor=T.tiny_image_processor("clip"), tokenizer=T.tiny_tokenizer())
+
+
+def test_tensor_and_array_images_are_accepted():
+    _, processor = processor_for()
+    array = np.zeros((32, 32, 3), dtype=np.uint8)
+    tensor = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    inputs = processor(images=[array, tensor], text="<image><image>", return_tensors="pt")
+    assert inputs["pixel_values"].shape == (2, 3, 32, 32)
