@@ -10,6 +10,7 @@ Where this departs from transformers' `LlavaModel` (whose weights import one to 
   the placeholder embedding through the LM.
 """
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +40,20 @@ class HfMmLlavaCausalLMOutputWithPast(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     image_hidden_states: torch.Tensor | None = None
+
+
+# Roles that composition keeps in full precision. bitsandbytes matches skip entries as prefixes of full module
+# names, so they must be full paths ("vision_tower" alone would not match "model.vision_tower").
+FULL_PRECISION_ROLES = ("model.vision_tower", "model.bridge", "lm_head")
+
+
+def _skip_non_lm_roles(quantization_config):
+    """A copy of the LM's quantization config that also names the full-precision roles, so that reloading the
+    saved composite quantizes exactly what was quantized at composition: the LM's linear layers."""
+    quantization_config = copy.deepcopy(quantization_config)
+    skip = list(quantization_config.llm_int8_skip_modules or [])
+    quantization_config.llm_int8_skip_modules = skip + [m for m in FULL_PRECISION_ROLES if m not in skip]
+    return quantization_config
 
 
 def bridge_from_config(config: HfMmLlavaConfig) -> nn.Module:
@@ -237,7 +252,7 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
         model.generation_config = causal_lm.generation_config
         if getattr(causal_lm, "hf_quantizer", None) is not None:
             model.hf_quantizer = causal_lm.hf_quantizer
-            model.config.quantization_config = causal_lm.config.quantization_config
+            model.config.quantization_config = _skip_non_lm_roles(causal_lm.config.quantization_config)
         return model.eval()
 
     def _new_bridge(self, device) -> nn.Module:
