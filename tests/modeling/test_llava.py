@@ -140,10 +140,11 @@ def test_config_rejects_bad_values(kwargs, match):
 
 
 def test_pixel_shuffle_rejects_kept_prefix_tokens_and_odd_grids():
-    config = T.tiny_llava_config("clip", "llama", "pixel_shuffle", vision_feature_select_strategy="full")
-    model = HfMmLlavaForConditionalGeneration(config)
+    with pytest.raises(ValueError, match="needs the bare patch grid, .* clip_vision_model tower's CLS"):
+        T.tiny_llava_config("clip", "llama", "pixel_shuffle", vision_feature_select_strategy="full")
+    T.tiny_llava_config("siglip", "llama", "pixel_shuffle", vision_feature_select_strategy="full")  # no prefix: fine
     with pytest.raises(ValueError, match="emits extra .*vision_feature_select_strategy='default'"):
-        model.get_image_features(torch.randn(1, 3, 32, 32))
+        hf_mm.modeling.build_bridge("pixel_shuffle", 8, 16)(torch.randn(1, 17, 8), grid_size=(4, 4))
     bridge = hf_mm.modeling.build_bridge("pixel_shuffle", 8, 16, factor=2)
     with pytest.raises(ValueError, match="does not divide the patch grid 3x3"):
         bridge(torch.randn(1, 9, 8), grid_size=(3, 3))

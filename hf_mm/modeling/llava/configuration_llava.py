@@ -124,6 +124,7 @@ class HfMmLlavaConfig(PreTrainedConfig):
         self._check_feature_layers()
         if self.pixel_shuffle_factor < 1:
             raise ValueError(f"pixel_shuffle_factor must be >= 1, got {self.pixel_shuffle_factor}.")
+        self._check_grid_bridge()
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
 
@@ -136,6 +137,17 @@ class HfMmLlavaConfig(PreTrainedConfig):
                 f"vision_feature_layer={self.vision_feature_layer!r} is out of range: the tower has {num_states} "
                 f"hidden states, so each index must lie in [{-num_states}, {num_states - 1}]."
             )
+
+    def _check_grid_bridge(self) -> None:
+        # pixel_shuffle needs the bare patch grid; a kept CLS/register prefix makes it ragged. Towers missing from
+        # _PREFIX_TOKENS are still checked by the bridge at run time.
+        known = self.vision_config.model_type in _PREFIX_TOKENS
+        if self.bridge_type == "pixel_shuffle" and self.vision_feature_select_strategy == "full" and known:
+            if num_prefix_tokens(self.vision_config) > 0:
+                raise ValueError(
+                    "bridge_type='pixel_shuffle' needs the bare patch grid, but vision_feature_select_strategy='full' "
+                    f"keeps the {self.vision_config.model_type} tower's CLS/register tokens. Use 'default'."
+                )
 
     @property
     def vision_feature_layers(self) -> list[int]:
