@@ -2,8 +2,8 @@
 
 Resolved only from the public submodule names of design.md section 1, never from a family's private names. Modules
 are looked up by name and parameters matched by identity, so a PEFT-wrapped model resolves the same way (LoRA
-weights sit inside the layers they adapt, so they take that layer's role). Every
-parameter must fall in exactly one role: an unassigned one is an error, not a silent omission.
+weights sit inside the layers they adapt, so they take that layer's role). Every parameter must fall in exactly one
+role: an unassigned one is an error, not a silent omission.
 """
 
 from torch import nn
@@ -23,14 +23,19 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _lookup(model: nn.Module, path: str):
-    try:
-        return model.get_submodule(path)
-    except AttributeError:
-        head, _, leaf = path.rpartition(".")  # a bare parameter such as `logit_scale`
-        owner = model.get_submodule(head) if head else model
-        value = getattr(owner, leaf, None)
-        return value if isinstance(value, nn.Parameter) else None
+def _lookup(model: nn.Module, path: str) -> nn.Module | nn.Parameter | None:
+    """The submodule or bare parameter (such as `logit_scale`) at `path`, or None when the model has none."""
+    for getter in (model.get_submodule, model.get_parameter):
+        try:
+            return getter(path)
+        except AttributeError:
+            pass
+    return None
+
+
+def parameters_of(item: nn.Module | nn.Parameter) -> list[nn.Parameter]:
+    """The parameters a role entry holds: a module's, or the bare parameter itself."""
+    return [item] if isinstance(item, nn.Parameter) else list(item.parameters())
 
 
 def role_paths(model: nn.Module) -> dict[str, list[str]]:
@@ -51,12 +56,12 @@ def role_modules(model: nn.Module) -> dict[str, list[nn.Module | nn.Parameter]]:
 
 def role_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
     """role -> [(full parameter name, parameter)], covering every parameter of `model` exactly once."""
-    owner = {}
-    for role, items in role_modules(model).items():
+    modules, owner = role_modules(model), {}
+    for role, items in modules.items():
         for item in items:
-            for param in [item] if isinstance(item, nn.Parameter) else item.parameters():
+            for param in parameters_of(item):
                 owner.setdefault(id(param), role)
-    roles: dict[str, list[tuple[str, nn.Parameter]]] = {role: [] for role in role_modules(model)}
+    roles: dict[str, list[tuple[str, nn.Parameter]]] = {role: [] for role in modules}
     unassigned = []
     for name, param in model.named_parameters():
         if id(param) in owner:
@@ -71,4 +76,4 @@ def role_parameters(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]
     return roles
 
 
-__all__ = ["ROLES", "ROLE_MODULES", "role_paths", "role_modules", "role_parameters", "unwrap"]
+__all__ = ["ROLES", "ROLE_MODULES", "parameters_of", "role_paths", "role_modules", "role_parameters", "unwrap"]

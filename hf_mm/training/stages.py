@@ -15,7 +15,7 @@ import types
 
 from torch import nn
 
-from .roles import ROLES, role_modules, role_parameters, role_paths, unwrap
+from .roles import ROLES, parameters_of, role_modules, role_parameters, role_paths, unwrap
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +64,7 @@ def apply_stage(model: nn.Module, stage: str | dict[str, RoleSettings], **overri
         settings = stage.get(role, FROZEN)
         train = settings.trainable and not settings.lora
         for item in items:
-            for param in [item] if isinstance(item, nn.Parameter) else item.parameters():
+            for param in parameters_of(item):
                 param.requires_grad_(train)
             if isinstance(item, nn.Module):
                 if settings.trainable:  # undo an earlier stage's freeze

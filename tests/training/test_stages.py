@@ -94,3 +94,20 @@ def test_lora_on_the_llm_keeps_the_bridge_trained_in_full():
 def test_bad_stages_are_rejected(stage, kwargs, match):
     with pytest.raises(ValueError, match=match):
         get_stage(stage, **kwargs)
+
+
+def test_roles_resolve_on_a_model_without_an_inner_model():
+    # The dual-encoder layout (#4): towers and projections at the top, `logit_scale` a bare parameter.
+    class DualEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_tower, self.text_tower = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+            self.visual_projection = torch.nn.Linear(2, 2)
+            self.logit_scale = torch.nn.Parameter(torch.ones(()))
+
+    roles = role_parameters(DualEncoder())
+    assert {role: {n for n, _ in named} for role, named in roles.items()} == {
+        "vision": {"vision_tower.weight", "vision_tower.bias"},
+        "bridge": {"visual_projection.weight", "visual_projection.bias", "logit_scale"},
+        "text": {"text_tower.weight", "text_tower.bias"},
+    }
