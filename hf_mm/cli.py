@@ -1,6 +1,13 @@
-"""`hf-mm` command line. `hf-mm convert llava SRC DST` imports a transformers Llava checkpoint into hf_mm."""
+"""`hf-mm` command line.
+
+hf-mm sft --config recipes/llava15_instruct.yaml [--field value ...]   supervised fine-tuning (TRL SFTTrainer)
+hf-mm dpo --config recipes/dpo.yaml [--field value ...]                preference tuning (TRL DPOTrainer)
+hf-mm demo [--quick]                                                   the learning demo (align, then instruct)
+hf-mm convert llava SRC DST                                            import a transformers Llava checkpoint
+"""
 
 import argparse
+import sys
 
 CONVERTERS = ("llava",)
 
@@ -15,9 +22,25 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"Converted {args.family} checkpoint {args.src} -> {args.dst} ({model.num_parameters():,} parameters).")
 
 
+def _recipe(command: str, argv: list[str]) -> None:
+    # The recipes own their arguments (TrlParser: a YAML config, every field overridable on the command line).
+    if command == "sft":
+        from .training.sft import main
+    elif command == "dpo":
+        from .training.dpo import main
+    else:
+        from .demo import main
+    main(argv)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hf-mm", description=__doc__)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("sft", "dpo", "demo"):
+        return _recipe(argv[0], argv[1:])
+    parser = argparse.ArgumentParser(prog="hf-mm", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("sft", "supervised fine-tuning"), ("dpo", "preference tuning"), ("demo", "learning demo")):
+        commands.add_parser(name, help=f"{text}; see `hf-mm {name} --help`")
     convert = commands.add_parser("convert", help="import a checkpoint from another library into hf_mm")
     convert.add_argument("family", choices=CONVERTERS)
     convert.add_argument("src", help="a local folder or Hub id of the source checkpoint")

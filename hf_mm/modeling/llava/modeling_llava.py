@@ -252,6 +252,10 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
         model.generation_config = causal_lm.generation_config
         if getattr(causal_lm, "hf_quantizer", None) is not None:
             model.hf_quantizer = causal_lm.hf_quantizer
+            # The flags the quantizer set on the LM (read by PEFT's prepare_model_for_kbit_training and Trainer).
+            for flag in ("is_quantized", "is_loaded_in_4bit", "is_loaded_in_8bit", "quantization_method"):
+                if hasattr(causal_lm, flag):
+                    setattr(model, flag, getattr(causal_lm, flag))
             model.config.quantization_config = _skip_non_lm_roles(causal_lm.config.quantization_config)
         return model.eval()
 

@@ -1,0 +1,154 @@
+"""Model set-up shared by the SFT and DPO recipes: compose or load, quantize, apply a stage, add LoRA, group params.
+
+Choices written down:
+- With `use_peft`, every trainable LLM (and text-tower) role gets LoRA; the bridge and any other fully trained role go
+  to PEFT's `modules_to_save`, so the adapter checkpoint carries them and `merge_and_unload` keeps them. LoRA on the
+  vision tower is opt-in (`lora_vision`), and then the tower trains through its adapters only.
+- QLoRA quantizes the LLM's linear layers only (4-bit nf4 by default). The vision tower, bridge and lm_head stay in
+  full precision through full-prefix skip lists (see `HfMmLlavaForConditionalGeneration.from_vision_text_pretrained`).
+- We wrap the model with PEFT ourselves instead of handing TRL a `peft_config`: the targets come from the roles, and
+  TRL's QLoRA path would cast every trainable parameter (the bridge included) to bf16.
+- Learning rates per role become optimizer parameter groups (`RoleOptimizerMixin`), split into decay / no-decay.
+"""
+
+import dataclasses
+import os
+
+import torch
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from trl import ModelConfig, get_quantization_config
+
+from ..modeling.llava import HfMmLlavaForConditionalGeneration
+from ..processing import HfMmLlavaProcessor
+from .stages import RoleSettings, apply_stage, get_stage, lora_target_modules, modules_to_save, param_groups
+
+
+@dataclasses.dataclass
+class HfMmArguments:
+    """What to build and which stage to train; the rest comes from TRL's `ModelConfig` and the trainer config."""
+
+    vision_model_name_or_path: str | None = dataclasses.field(
+        default=None, metadata={"help": "Vision tower to compose (with text_model_name_or_path) into a new model."}
+    )
+    text_model_name_or_path: str | None = dataclasses.field(
+        default=None, metadata={"help": "Causal LM to compose with the vision tower."}
+    )
+    bridge_type: str = dataclasses.field(default="mlp2x_gelu", metadata={"help": "Bridge for a new composition."})
+    stage: str = dataclasses.field(default="instruct", metadata={"help": "align | instruct | full | vision."})
+    vision_lr: float | None = dataclasses.field(default=None, metadata={"help": "Vision tower LR (else base LR)."})
+    bridge_lr: float | None = dataclasses.field(default=None, metadata={"help": "Bridge LR (else base LR)."})
+    llm_lr: float | None = dataclasses.field(default=None, metadata={"help": "LLM LR (else base LR)."})
+    lora_vision: bool = dataclasses.field(default=False, metadata={"help": "With use_peft, LoRA on the tower too."})
+
+
+def load_model_and_processor(hf_args: HfMmArguments, model_args: ModelConfig):
+    """A new composition of two pretrained towers, or a saved hf_mm model (`model_name_or_path`)."""
+    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    quantization_config = get_quantization_config(model_args)
+    composing = hf_args.vision_model_name_or_path or hf_args.text_model_name_or_path
+    if composing and model_args.model_name_or_path:
+        raise ValueError(
+            f"Got model_name_or_path={model_args.model_name_or_path!r} and vision/text towers to compose: give "
+            "either a saved hf_mm model or the two towers."
+        )
+    if composing:
+        if not (hf_args.vision_model_name_or_path and hf_args.text_model_name_or_path):
+            raise ValueError("Composing needs both vision_model_name_or_path and text_model_name_or_path.")
+        towers = (hf_args.vision_model_name_or_path, hf_args.text_model_name_or_path)
+        model = HfMmLlavaForConditionalGeneration.from_vision_text_pretrained(
+            *towers,
+            bridge_type=hf_args.bridge_type,
+            dtype=dtype,
+            attn_implementation=model_args.attn_implementation,
+            quantization_config=quantization_config,
+        )
+        processor = HfMmLlavaProcessor.from_vision_text_pretrained(*towers, bridge_type=hf_args.bridge_type)
+        return model, processor
+    if not model_args.model_name_or_path:
+        raise ValueError("Give model_name_or_path (a saved hf_mm model), or vision_ and text_model_name_or_path.")
+    kwargs = {"dtype": dtype, "attn_implementation": model_args.attn_implementation}
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
+    return model, AutoProcessor.from_pretrained(model_args.model_name_or_path)
+
+
+def save_composed_base(model, processor, training_args) -> None:
+    """An adapter needs its exact base. A fresh composition has no path to reload it from (and its new token rows,
+    `<image>` and the chat tokens, were just initialised), so save it to `output_dir/base` and point PEFT there."""
+    if model.name_or_path:
+        return
+    base = os.path.join(training_args.output_dir, "base")
+    if training_args.process_index == 0:
+        model.save_pretrained(base)
+        processor.save_pretrained(base)
+    model.name_or_path = model.config._name_or_path = base
+
+
+def resolve_stage(hf_args: HfMmArguments, use_peft: bool) -> dict[str, RoleSettings]:
+    """The stage preset with the per-role learning rates and, under `use_peft`, LoRA on the trainable LLM roles."""
+    stage = dict(get_stage(hf_args.stage))
+    lrs = {"vision": hf_args.vision_lr, "bridge": hf_args.bridge_lr, "llm": hf_args.llm_lr}
+    for role, lr in lrs.items():
+        if lr is not None:
+            stage[role] = dataclasses.replace(stage[role], lr=lr)
+    if use_peft:
+        for role in ("llm", "text"):
+            stage[role] = dataclasses.replace(stage[role], lora=stage[role].trainable)
+        if hf_args.lora_vision:
+            stage["vision"] = dataclasses.replace(stage["vision"], trainable=True, lora=True)
+    return stage
+
+
+def prepare_model(model, stage: dict[str, RoleSettings], model_args: ModelConfig | None = None):
+    """Apply `stage` and wrap with LoRA when a role asks for it. Returns the model to hand to the trainer."""
+    stage = get_stage(stage)
+    quantized = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    if quantized:
+        if stage["llm"].trainable and not stage["llm"].lora:
+            raise ValueError(
+                "The LLM is quantized, so it trains through LoRA only: set use_peft=True (or train a stage that "
+                "freezes the LLM, such as 'align')."
+            )
+        # Casts the full-precision roles to fp32 and freezes everything; the stage then unfreezes what trains.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    stage = apply_stage(model, stage)
+    if not any(settings.lora for settings in stage.values()):
+        return model
+    model_args = model_args or ModelConfig(use_peft=True)
+    lora_config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=lora_target_modules(model, stage),
+        modules_to_save=modules_to_save(model, stage) or None,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora_config)
+
+
+class RoleOptimizerMixin:
+    """Builds the optimizer from one parameter group per trainable role (each with its stage learning rate)."""
+
+    stage: dict[str, RoleSettings]
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            decay = set(self.get_decay_parameter_names(model))
+            names = {id(p): n for n, p in model.named_parameters()}
+            groups = []
+            for group in param_groups(model, self.stage, self.args.learning_rate):
+                for wd, keep in ((self.args.weight_decay, True), (0.0, False)):
+                    params = [p for p in group["params"] if (names[id(p)] in decay) == keep]
+                    if params:
+                        groups.append({**group, "params": params, "weight_decay": wd})
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(groups, **kwargs)
+        return self.optimizer
+
+
+__all__ = ["HfMmArguments", "load_model_and_processor", "resolve_stage", "prepare_model", "RoleOptimizerMixin"]

@@ -1,0 +1,116 @@
+"""Supervised fine-tuning of any hf_mm VLM on TRL's SFTTrainer, stage by stage.
+
+Launch:
+    hf-mm sft --config recipes/llava15_instruct.yaml [--any_field value ...]
+    accelerate launch --config_file recipes/accelerate/fsdp.yaml -m hf_mm.training.sft --config ...
+
+What hf_mm adds to TRL's SFTTrainer: `VisionSFTCollator` (loss on assistant tokens only; over-long samples dropped
+and counted, never truncated through an image), optimizer groups per role, and stage / LoRA set-up from the roles.
+"""
+
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
+
+from .collators import DroppedSamplesCallback, VisionSFTCollator
+from .data_args import DataArguments, load_train_eval
+from .setup import (
+    HfMmArguments,
+    RoleOptimizerMixin,
+    load_model_and_processor,
+    prepare_model,
+    resolve_stage,
+    save_composed_base,
+)
+from .stages import RoleSettings, get_stage
+
+
+class HfMmSFTTrainer(RoleOptimizerMixin, SFTTrainer):
+    """SFTTrainer with hf_mm's collator and per-role optimizer groups.
+
+    `model` should already have its stage applied (`prepare_model`); `stage` gives the per-role learning rates.
+    `overlong`: "drop" over-long samples with a logged count (default) or "error" (strict mode).
+    """
+
+    def __init__(
+        self,
+        model,
+        args: SFTConfig,
+        processing_class,
+        train_dataset,
+        eval_dataset=None,
+        stage: str | dict[str, RoleSettings] = "instruct",
+        overlong: str = "drop",
+        callbacks=None,
+        **kwargs,
+    ):
+        self.stage = get_stage(stage)
+        self.collator = VisionSFTCollator(processing_class, max_length=args.max_length, overlong=overlong)
+        # Our collator needs the raw columns; TRL's own preparation would tokenize without the images.
+        args.remove_unused_columns = False
+        args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=self.collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            callbacks=[DroppedSamplesCallback(self.collator), *(callbacks or [])],
+            **kwargs,
+        )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = TrlParser((HfMmArguments, DataArguments, SFTConfig, ModelConfig))
+    hf_args, data_args, training_args, model_args = parser.parse_args_and_config(argv)
+
+    # Model
+    model, processor = load_model_and_processor(hf_args, model_args)
+    if model_args.use_peft:
+        save_composed_base(model, processor, training_args)
+    stage = resolve_stage(hf_args, model_args.use_peft)
+    model = prepare_model(model, stage, model_args)
+
+    # Dataset
+    train_dataset, eval_dataset = load_train_eval(data_args)
+
+    # Training
+    trainer = HfMmSFTTrainer(
+        model=model,
+        args=training_args,
+        processing_class=processor,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        stage=stage,
+        overlong=data_args.overlong,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+    # Save (and push)
+    save_and_report(trainer, processor, training_args, model_args.use_peft)
+
+
+def save_and_report(trainer, processor, training_args, adapter: bool) -> None:
+    """Save the model (or adapter) with its processor, push if asked, and say where it went and how to load it."""
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub()
+    steps, rank, world = trainer.state.global_step, training_args.process_index, training_args.world_size
+    print(f"[rank {rank}/{world}] finished {steps} steps")
+    if not trainer.is_world_process_zero():
+        return
+    out = training_args.output_dir
+    load = f"AutoModelForImageTextToText.from_pretrained({out!r})"
+    if adapter:
+        base = trainer.model.peft_config["default"].base_model_name_or_path
+        load = f"PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained({base!r}), {out!r})"
+    print(
+        f"Saved to {out} ({trainer.collator.dropped} over-long samples dropped).\n"
+        f"Load it with: import hf_mm; from transformers import AutoModelForImageTextToText, AutoProcessor; "
+        f"model = {load}; processor = AutoProcessor.from_pretrained({out!r})"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""DPO on TRL's DPOTrainer: the chosen-vs-rejected reward margin rises; over-long pairs are dropped, never cut."""
+
+import PIL.Image
+import pytest
+from datasets import Dataset
+from trl import DPOConfig
+
+from hf_mm import HfMmLlavaForConditionalGeneration
+from hf_mm.testing import tiny_llava_config, tiny_llava_processor
+from hf_mm.training.dpo import HfMmDPOTrainer, VisionPreferenceCollator
+from hf_mm.training.setup import HfMmArguments, prepare_model, resolve_stage
+from tests.training.test_sft import LORA
+
+CONFIG = tiny_llava_config(vision_feature_layer=-1)
+PROCESSOR = tiny_llava_processor(CONFIG)
+
+
+def preference_dataset(n: int = 8) -> Dataset:
+    # Solid red or blue images; the preferred answer names the image's colour, so the preference needs the image.
+    rows = []
+    for i in range(n):
+        good, bad = ("red", "blue") if i % 2 else ("blue", "red")
+        image = PIL.Image.new("RGB", (32, 32), good)
+        rows.append(
+            {
+                "images": [image],
+                "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "colour?"}]}],
+                "chosen": [{"role": "assistant", "content": [{"type": "text", "text": good}]}],
+                "rejected": [{"role": "assistant", "content": [{"type": "text", "text": bad}]}],
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def dpo_args(tmp_path, **kwargs) -> DPOConfig:
+    defaults = dict(
+        output_dir=str(tmp_path / "dpo"),
+        per_device_train_batch_size=4,
+        learning_rate=5e-3,
+        logging_steps=1,
+        report_to=[],
+        bf16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        max_length=128,
+        seed=0,
+        disable_tqdm=True,
+        beta=0.1,
+    )
+    return DPOConfig(**{**defaults, **kwargs})
+
+
+@pytest.mark.parametrize("use_peft, lr", [(False, 5e-3), (True, 2e-2)], ids=["full", "lora"])
+def test_reward_margin_rises(tmp_path, use_peft, lr):
+    stage = resolve_stage(HfMmArguments(stage="instruct"), use_peft=use_peft)
+    model = prepare_model(HfMmLlavaForConditionalGeneration(CONFIG), stage, LORA)
+    trainer = HfMmDPOTrainer(
+        model=model,
+        args=dpo_args(tmp_path, max_steps=24, learning_rate=lr),
+        processing_class=PROCESSOR,
+        train_dataset=preference_dataset(),
+        stage=stage,
+    )
+    trainer.train()
+    margins = [log["rewards/margins"] for log in trainer.state.log_history if "rewards/margins" in log]
+    assert len(margins) == 24
+    accuracies = [log["rewards/accuracies"] for log in trainer.state.log_history if "rewards/accuracies" in log]
+    # At step 1 the policy is the reference (margin 0); after 24 steps chosen beats rejected on every pair, by a
+    # margin of > 0.3 (a log-ratio gap of > 3 at beta=0.1; measured: 2.1 full, 0.43 LoRA).
+    assert abs(margins[0]) < 1e-3 and sum(margins[-4:]) / 4 > 0.3, margins
+    assert accuracies[-1] == 1.0
+
+
+def test_overlong_pairs_are_dropped_or_refused():
+    rows = list(preference_dataset(2))
+    rows[1] = {**rows[1], "chosen": [{"role": "assistant", "content": "red " * 40}]}
+    collator = VisionPreferenceCollator(PROCESSOR, max_length=60)
+    batch = collator(rows)
+    assert collator.dropped == 1 and batch["input_ids"].shape[0] == 2  # one pair: chosen + rejected rows
+    assert int((batch["input_ids"] == PROCESSOR.image_token_id).sum()) == 2 * 16
+    assert not batch["completion_mask"].bool()[batch["input_ids"] == PROCESSOR.image_token_id].any()
+    with pytest.raises(ValueError, match=r"Pairs \[1\] .* max_length=60"):
+        VisionPreferenceCollator(PROCESSOR, max_length=60, overlong="error")(rows)

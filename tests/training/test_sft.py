@@ -1,0 +1,197 @@
+"""SFT on TRL's SFTTrainer: LoRA adapters that keep the bridge, QLoRA on the LLM only, and exact resume."""
+
+import pytest
+import torch
+from datasets import Dataset
+from peft import PeftModel
+from transformers import AutoModelForImageTextToText, BitsAndBytesConfig, TrainerCallback
+from trl import ModelConfig, SFTConfig
+
+from hf_mm import HfMmLlavaForConditionalGeneration
+from hf_mm.testing import (
+    random_images,
+    save_tiny_causal_lm,
+    save_tiny_vision_tower,
+    tiny_llava_config,
+    tiny_llava_processor,
+)
+from hf_mm.training.collators import VisionSFTCollator
+from hf_mm.training.roles import role_parameters
+from hf_mm.training.setup import HfMmArguments, prepare_model, resolve_stage
+from hf_mm.training.sft import HfMmSFTTrainer
+
+CONFIG = tiny_llava_config(vision_feature_layer=-1)
+LORA = ModelConfig(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+
+
+def colour_dataset(n: int = 8) -> Dataset:
+    images = random_images(n, seed=1)
+    rows = []
+    for i, image in enumerate(images):
+        question = [{"type": "image"}, {"type": "text", "text": "what colour?"}]
+        answer = [{"type": "text", "text": ["red", "blue"][i % 2]}]
+        rows.append(
+            {
+                "images": [image],
+                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def sft_args(tmp_path, **kwargs) -> SFTConfig:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to=[],
+        bf16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        max_length=128,
+        seed=0,
+        disable_tqdm=True,
+    )
+    return SFTConfig(**{**defaults, **kwargs})
+
+
+def train(model, tmp_path, stage, steps=4, **kwargs):
+    processor = tiny_llava_processor(CONFIG)
+    args = sft_args(tmp_path, max_steps=steps, **kwargs)
+    trainer = HfMmSFTTrainer(
+        model=model, args=args, processing_class=processor, train_dataset=colour_dataset(), stage=stage
+    )
+    trainer.train()
+    return trainer
+
+
+def eval_inputs():
+    processor = tiny_llava_processor(CONFIG)
+    return VisionSFTCollator(processor)(list(colour_dataset(2)))
+
+
+def logits_of(model, inputs) -> torch.Tensor:
+    model.eval()
+    with torch.no_grad():
+        return model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+
+
+def test_lora_adapter_reloads_and_merges_keeping_the_trained_bridge(tmp_path):
+    base = HfMmLlavaForConditionalGeneration(CONFIG)
+    base.save_pretrained(tmp_path / "base")
+    base_bridge = {k: v.clone() for k, v in base.model.bridge.state_dict().items()}
+    stage = resolve_stage(HfMmArguments(stage="instruct"), use_peft=True)
+    model = prepare_model(base, stage, LORA)
+    assert isinstance(model, PeftModel)
+    train(model, tmp_path, stage)
+    inputs = eval_inputs()
+    trained = logits_of(model, inputs)
+    model.save_pretrained(tmp_path / "adapter")
+
+    fresh = AutoModelForImageTextToText.from_pretrained(tmp_path / "base")
+    reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter")
+    assert torch.equal(logits_of(reloaded, inputs), trained)
+
+    merged = reloaded.merge_and_unload()
+    trained_bridge = merged.model.bridge.state_dict()
+    assert all(not torch.equal(trained_bridge[k], base_bridge[k]) for k in base_bridge), "the bridge did not train"
+    torch.testing.assert_close(logits_of(merged, inputs), trained, atol=1e-5, rtol=0)
+    merged.save_pretrained(tmp_path / "merged")
+    again = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged")
+    torch.testing.assert_close(logits_of(again, inputs), trained, atol=1e-5, rtol=0)
+    assert all(torch.equal(again.model.bridge.state_dict()[k], v) for k, v in trained_bridge.items())
+
+
+def test_lora_on_the_vision_tower_is_opt_in(tmp_path):
+    stage = resolve_stage(HfMmArguments(stage="instruct", lora_vision=True), use_peft=True)
+    model = prepare_model(HfMmLlavaForConditionalGeneration(CONFIG), stage, LORA)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("vision_tower" in n and "lora_" in n for n in trainable)
+    plain = prepare_model(HfMmLlavaForConditionalGeneration(CONFIG), resolve_stage(HfMmArguments(), True), LORA)
+    assert not any("vision_tower" in n for n, p in plain.named_parameters() if p.requires_grad)
+
+
+def test_qlora_quantizes_the_llm_only_and_trains_bridge_and_adapters(tmp_path):
+    vision = save_tiny_vision_tower(tmp_path / "vision")
+    text = save_tiny_causal_lm(tmp_path / "text")
+    quantization = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
+    model = HfMmLlavaForConditionalGeneration.from_vision_text_pretrained(
+        vision, text, quantization_config=quantization
+    )
+    quantized = {n for n, m in model.named_modules() if type(m).__name__ == "Linear4bit"}
+    assert quantized and all(n.startswith("model.language_model.") for n in quantized)
+    stage = resolve_stage(HfMmArguments(stage="instruct"), use_peft=True)
+    model = prepare_model(model, stage, LORA)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, tmp_path, stage, steps=2)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+    assert any("lora_" in n and "language_model" in n for n in changed)
+    assert any("bridge" in n and "modules_to_save" in n for n in changed)
+    assert not any("vision_tower" in n for n in changed)
+
+
+def test_qlora_without_peft_is_refused(tmp_path):
+    vision, text = save_tiny_vision_tower(tmp_path / "v"), save_tiny_causal_lm(tmp_path / "t")
+    model = HfMmLlavaForConditionalGeneration.from_vision_text_pretrained(
+        vision, text, quantization_config=BitsAndBytesConfig(load_in_4bit=True)
+    )
+    with pytest.raises(ValueError, match="use_peft=True"):
+        prepare_model(model, resolve_stage(HfMmArguments(), use_peft=False))
+
+
+def test_per_role_learning_rates_become_optimizer_groups(tmp_path):
+    stage = resolve_stage(HfMmArguments(stage="full", bridge_lr=1e-3, vision_lr=1e-5), use_peft=False)
+    model = prepare_model(HfMmLlavaForConditionalGeneration(CONFIG), stage)
+    trainer = HfMmSFTTrainer(
+        model=model,
+        args=sft_args(tmp_path, max_steps=1, weight_decay=0.1),
+        processing_class=tiny_llava_processor(CONFIG),
+        train_dataset=colour_dataset(),
+        stage=stage,
+    )
+    groups = trainer.create_optimizer().param_groups
+    lrs = {(g["role"], g["weight_decay"]): g["lr"] for g in groups}
+    assert lrs == {(r, wd): lr for r, lr in (("vision", 1e-5), ("bridge", 1e-3), ("llm", 1e-2)) for wd in (0.1, 0.0)}
+    in_groups = sum(len(g["params"]) for g in groups)
+    assert in_groups == sum(len(v) for v in role_parameters(model).values())
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_save, control.should_training_stop = True, True
+
+
+def losses(trainer) -> list[float]:
+    return [log["loss"] for log in trainer.state.log_history if "loss" in log]
+
+
+def test_resume_from_checkpoint_continues_the_same_loss_curve(tmp_path):
+    def run(out, callbacks=(), resume=None):
+        torch.manual_seed(0)
+        stage = resolve_stage(HfMmArguments(stage="instruct"), use_peft=False)
+        model = prepare_model(HfMmLlavaForConditionalGeneration(CONFIG), stage)
+        args = sft_args(tmp_path, output_dir=str(tmp_path / out), max_steps=6, per_device_train_batch_size=2)
+        trainer = HfMmSFTTrainer(
+            model=model,
+            args=args,
+            processing_class=tiny_llava_processor(CONFIG),
+            train_dataset=colour_dataset(),
+            stage=stage,
+            callbacks=list(callbacks),
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return losses(trainer)
+
+    straight = run("straight")
+    first = run("resumed", callbacks=[StopAt(3)])
+    assert len(first) == 3
+    second = run("resumed", resume=str(tmp_path / "resumed" / "checkpoint-3"))
+    assert len(straight) == 6 and straight[0] > straight[-1]
+    assert max(abs(a - b) for a, b in zip(straight, first + second[-3:])) < 1e-6
