@@ -25,7 +25,7 @@ test: lint
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 demo: install
-	$(PY) -m hf_mm.demo
+	$(VENV)/bin/hf-mm demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info

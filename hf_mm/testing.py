@@ -100,18 +100,19 @@ def tiny_image_processor(kind: str):
     raise ValueError(f"Unknown tiny vision tower {kind!r}. Allowed: {VISION_TOWERS}.")
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE (320 entries) trained in code, like a plain LM's tokenizer: no `<image>`, no chat template."""
+def tiny_tokenizer(corpus: list[str] | None = None, vocab_size: int = 320) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained in code on `corpus` (default: a few sentences; 320 entries), like a plain LM's
+    tokenizer: no `<image>`, no chat template."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=320,
+        vocab_size=vocab_size,
         special_tokens=[EOS_TOKEN, PAD_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_CORPUS, trainer=trainer)
+    tokenizer.train_from_iterator(corpus or _CORPUS, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=PAD_TOKEN
     )

@@ -36,4 +36,12 @@ def prepare_tokenizer(tokenizer, image_token: str = IMAGE_TOKEN):
     return tokenizer
 
 
-__all__ = ["IMAGE_TOKEN", "CHATML_TOKENS", "default_chat_template", "prepare_tokenizer"]
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """Token ids that end a turn besides EOS: `<|im_end|>` when the chat template uses it. Generation must stop
+    there, or a chat model trained on ChatML keeps talking after its answer."""
+    template = tokenizer.chat_template or ""
+    end = CHATML_TOKENS[1]
+    return [tokenizer.convert_tokens_to_ids(end)] if end in template and end in tokenizer.get_vocab() else []
+
+
+__all__ = ["IMAGE_TOKEN", "CHATML_TOKENS", "default_chat_template", "prepare_tokenizer", "end_of_turn_ids"]

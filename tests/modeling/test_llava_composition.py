@@ -100,3 +100,21 @@ def test_4bit_lm_composes_saves_and_reloads_with_the_same_logits(towers, tmp_pat
     # Autograd stays on: bitsandbytes' CPU no-grad 4-bit kernel fails on 32-wide layers (a plain 4-bit
     # transformers LlamaForCausalLM fails the same way), while the training path works.
     assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)
+
+
+def test_generation_stops_at_the_chat_templates_end_of_turn(towers, tmp_path):
+    model, processor = compose(towers, "clip", "llama")
+    end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert model.generation_config.eos_token_id == [T.EOS_ID, end]
+    model.save_pretrained(tmp_path)
+    assert AutoModelForImageTextToText.from_pretrained(tmp_path).generation_config.eos_token_id == [T.EOS_ID, end]
+    # A head that always predicts <|im_end|>: generation must stop after one step instead of running to the limit.
+    vocab = model.lm_head.out_features
+    model.lm_head = torch.nn.Module()
+    model.lm_head.forward = lambda hidden: torch.nn.functional.one_hot(
+        torch.full(hidden.shape[:-1], end), vocab
+    ).float()
+    with torch.no_grad():
+        inputs = ask(processor, n=1)
+        out = model.eval().generate(**inputs, max_new_tokens=5, do_sample=False)
+    assert out[0, inputs["input_ids"].shape[1] :].tolist() == [end]

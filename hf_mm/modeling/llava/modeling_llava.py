@@ -19,7 +19,7 @@ from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedMo
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
-from ...processing.tokenization import IMAGE_TOKEN, prepare_tokenizer
+from ...processing.tokenization import IMAGE_TOKEN, end_of_turn_ids, prepare_tokenizer
 from ..bridges import build_bridge
 from ..towers import load_causal_lm, load_vision_tower, split_causal_lm
 from .configuration_llava import HfMmLlavaConfig
@@ -250,6 +250,9 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
         model.model.language_model, model.lm_head = split_causal_lm(causal_lm)
         model.model.bridge = model._new_bridge(device=next(vision_tower.parameters()).device)
         model.generation_config = causal_lm.generation_config
+        eos = model.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        model.generation_config.eos_token_id = eos + [i for i in end_of_turn_ids(tokenizer) if i not in eos] or None
         if getattr(causal_lm, "hf_quantizer", None) is not None:
             model.hf_quantizer = causal_lm.hf_quantizer
             # The flags the quantizer set on the LM (read by PEFT's prepare_model_for_kbit_training and Trainer).
