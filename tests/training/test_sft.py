@@ -1,5 +1,11 @@
 """SFT on TRL's SFTTrainer: LoRA adapters that keep the bridge, QLoRA on the LLM only, and exact resume."""
 
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
 import pytest
 import torch
 from datasets import Dataset
@@ -159,39 +165,45 @@ def test_per_role_learning_rates_become_optimizer_groups(tmp_path):
     assert in_groups == sum(len(v) for v in role_parameters(model).values())
 
 
-class StopAt(TrainerCallback):
+class KillAfter(TrainerCallback):
+    """SIGKILL the process as step `step + 1` begins: checkpoint-`step` is on disk, nothing is cleaned up."""
+
     def __init__(self, step):
         self.step = step
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_begin(self, args, state, control, **kwargs):
         if state.global_step == self.step:
-            control.should_save, control.should_training_stop = True, True
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
-def losses(trainer) -> list[float]:
+def resume_run(out: str, resume: str | None = None, kill_after: int | None = None) -> list[float]:
+    """6 SFT steps (checkpoints every 3) from a fixed seed; the logged losses."""
+    torch.manual_seed(0)
+    stage = resolve_stage(HfMmArguments(stage="instruct"), use_peft=False)
+    model = prepare_model(HfMmLlavaForConditionalGeneration(CONFIG), stage)
+    args = sft_args(pathlib.Path(out), output_dir=out, max_steps=6, per_device_train_batch_size=2)
+    args.save_strategy, args.save_steps = "steps", 3
+    trainer = HfMmSFTTrainer(
+        model=model,
+        args=args,
+        processing_class=tiny_llava_processor(CONFIG),
+        train_dataset=colour_dataset(),
+        stage=stage,
+        callbacks=[KillAfter(kill_after)] if kill_after else [],
+    )
+    trainer.train(resume_from_checkpoint=resume)
     return [log["loss"] for log in trainer.state.log_history if "loss" in log]
 
 
-def test_resume_from_checkpoint_continues_the_same_loss_curve(tmp_path):
-    def run(out, callbacks=(), resume=None):
-        torch.manual_seed(0)
-        stage = resolve_stage(HfMmArguments(stage="instruct"), use_peft=False)
-        model = prepare_model(HfMmLlavaForConditionalGeneration(CONFIG), stage)
-        args = sft_args(tmp_path, output_dir=str(tmp_path / out), max_steps=6, per_device_train_batch_size=2)
-        trainer = HfMmSFTTrainer(
-            model=model,
-            args=args,
-            processing_class=tiny_llava_processor(CONFIG),
-            train_dataset=colour_dataset(),
-            stage=stage,
-            callbacks=list(callbacks),
-        )
-        trainer.train(resume_from_checkpoint=resume)
-        return losses(trainer)
-
-    straight = run("straight")
-    first = run("resumed", callbacks=[StopAt(3)])
-    assert len(first) == 3
-    second = run("resumed", resume=str(tmp_path / "resumed" / "checkpoint-3"))
+def test_resume_after_a_kill_continues_the_same_loss_curve(tmp_path):
+    straight = resume_run(str(tmp_path / "straight"))
+    killed = str(tmp_path / "killed")
+    code = f"from tests.training.test_sft import resume_run; resume_run({killed!r}, kill_after=3)"
+    root = pathlib.Path(__file__).parents[2]
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    resumed = resume_run(killed, resume=os.path.join(killed, "checkpoint-3"))
     assert len(straight) == 6 and straight[0] > straight[-1]
-    assert max(abs(a - b) for a, b in zip(straight, first + second[-3:])) < 1e-6
+    # The resumed run's history holds the first 3 losses (from the checkpoint's trainer state) and 3 new ones.
+    assert len(resumed) == 6
+    assert max(abs(a - b) for a, b in zip(straight, resumed)) < 1e-6
