@@ -1,6 +1,6 @@
 """The only place hf_mm registers with transformers' Auto* classes. Imported by `import hf_mm`.
 
-After this, `AutoConfig`, `AutoModel`, `AutoModelForImageTextToText`, `AutoModelForCausalLM` (TRL's model-from-path
+After this, `AutoConfig`, `AutoModel`, `AutoModelForImageTextToText`, `AutoModelForZeroShotImageClassification`, `AutoModelForCausalLM` (TRL's model-from-path
 and PEFT's AutoPeftModelForCausalLM fall back to it) and `AutoProcessor` load hf_mm checkpoints without
 `trust_remote_code`.
 """
@@ -10,10 +10,13 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
+    AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
 
+from .modeling.clip import HfMmClipConfig, HfMmClipModel
 from .modeling.llava import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, HfMmLlavaModel
+from .processing.processing_clip import HfMmClipProcessor
 from .processing.processing_llava import HfMmLlavaProcessor
 
 
@@ -27,3 +30,14 @@ def _register_llava() -> None:
 
 
 _register_llava()
+
+
+def _register_clip() -> None:
+    AutoConfig.register(HfMmClipConfig.model_type, HfMmClipConfig, exist_ok=True)
+    AutoModel.register(HfMmClipConfig, HfMmClipModel, exist_ok=True)
+    # transformers' zero-shot-image-classification pipeline loads this and reads `logits_per_image`.
+    AutoModelForZeroShotImageClassification.register(HfMmClipConfig, HfMmClipModel, exist_ok=True)
+    AutoProcessor.register(HfMmClipConfig, HfMmClipProcessor, exist_ok=True)
+
+
+_register_clip()

@@ -28,6 +28,12 @@ def _recipe(command: str, argv: list[str]) -> None:
         from .training.sft import main
     elif command == "dpo":
         from .training.dpo import main
+    elif command == "contrastive":
+        from .training.contrastive import main
+    elif argv[:1] == ["clip"]:
+        from .demo_clip import main
+
+        argv = argv[1:]
     else:
         from .demo import main
     main(argv)
@@ -35,11 +41,12 @@ def _recipe(command: str, argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("sft", "dpo", "demo"):
+    if argv and argv[0] in ("sft", "dpo", "contrastive", "demo"):
         return _recipe(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="hf-mm", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("sft", "supervised fine-tuning"), ("dpo", "preference tuning"), ("demo", "learning demo")):
+    recipes = (("sft", "supervised fine-tuning"), ("dpo", "preference tuning"), ("contrastive", "CLIP training"))
+    for name, text in (*recipes, ("demo", "learning demos")):
         commands.add_parser(name, help=f"{text}; see `hf-mm {name} --help`")
     convert = commands.add_parser("convert", help="import a checkpoint from another library into hf_mm")
     convert.add_argument("family", choices=CONVERTERS)

@@ -1,5 +1,6 @@
 """Importers from transformers and official checkpoints, one file per source."""
 
+from .clip import from_transformers_clip, from_transformers_siglip
 from .llava import from_transformers_llava
 
-__all__ = ["from_transformers_llava"]
+__all__ = ["from_transformers_clip", "from_transformers_llava", "from_transformers_siglip"]

@@ -1,4 +1,4 @@
-"""Scoring for hf_mm's synthetic tasks (see ``hf_mm.data.synthetic``)."""
+"""Scoring: hf_mm's synthetic tasks (``scorers``) and dual encoders' zero-shot classification and retrieval."""
 
 from .scorers import (
     box_iou,
@@ -10,8 +10,14 @@ from .scorers import (
     parse_box,
     score,
 )
+from .zero_shot import ZeroShotClassifier, embed_images, embed_texts, retrieval_recall, zero_shot_classifier
 
 __all__ = [
+    "ZeroShotClassifier",
+    "embed_images",
+    "embed_texts",
+    "retrieval_recall",
+    "zero_shot_classifier",
     "box_iou",
     "evaluate",
     "exact_match",

@@ -4,7 +4,32 @@ causal LM, split into its bare decoder and its output head. Shared by every fami
 
 from __future__ import annotations
 
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    MODEL_MAPPING,
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    PreTrainedConfig,
+    PreTrainedModel,
+    SiglipTextConfig,
+    SiglipTextModel,
+)
+
+# Towers transformers does not map in AutoModel (5.23), listed here instead of registering transformers' own
+# classes in its global registry.
+_UNMAPPED_TOWERS = {SiglipTextConfig: SiglipTextModel}
+
+
+def is_buildable_tower(config: PreTrainedConfig) -> bool:
+    """Whether `tower_from_config` can build `config`."""
+    return type(config) in MODEL_MAPPING or type(config) in _UNMAPPED_TOWERS
+
+
+def tower_from_config(config: PreTrainedConfig) -> PreTrainedModel:
+    """A randomly initialised tower for `config` (AutoModel, or the class transformers leaves unmapped)."""
+    if type(config) in _UNMAPPED_TOWERS:
+        return _UNMAPPED_TOWERS[type(config)]._from_config(config)
+    return AutoModel.from_config(config)
 
 
 def load_vision_config(name_or_path: str, **hub_kwargs) -> PreTrainedConfig:
@@ -24,6 +49,16 @@ def load_vision_tower(name_or_path: str, **load_kwargs) -> PreTrainedModel:
     return AutoModel.from_pretrained(name_or_path, config=vision_config, **load_kwargs)
 
 
+def load_text_tower(name_or_path: str, **load_kwargs) -> PreTrainedModel:
+    """A text encoder (or a causal LM's bare decoder) with its pretrained weights; for a dual encoder (CLIPModel,
+    SiglipModel) its text tower, read from the `text_model.*` keys the stand-alone text classes also use."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    text_config = getattr(config, "text_config", None) if hasattr(config, "vision_config") else None
+    text_config = text_config or config
+    cls = _UNMAPPED_TOWERS.get(type(text_config), AutoModel)
+    return cls.from_pretrained(name_or_path, config=text_config, **load_kwargs)
+
+
 def load_causal_lm(name_or_path: str, **load_kwargs) -> PreTrainedModel:
     """Any AutoModelForCausalLM checkpoint; callers take `.base_model` (the decoder) and `get_output_embeddings()`."""
     return AutoModelForCausalLM.from_pretrained(name_or_path, **load_kwargs)
@@ -39,4 +74,12 @@ def split_causal_lm(causal_lm: PreTrainedModel):
     return causal_lm.base_model, lm_head
 
 
-__all__ = ["load_vision_config", "load_vision_tower", "load_causal_lm", "split_causal_lm"]
+__all__ = [
+    "is_buildable_tower",
+    "tower_from_config",
+    "load_vision_config",
+    "load_vision_tower",
+    "load_text_tower",
+    "load_causal_lm",
+    "split_causal_lm",
+]

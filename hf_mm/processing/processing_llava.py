@@ -36,6 +36,16 @@ def _flatten_images(images) -> list:
     return [images]
 
 
+def check_image_types(images) -> None:
+    """Refuse anything but PIL images, arrays and tensors, before transformers opens strings as paths or URLs."""
+    for index, image in enumerate(_flatten_images(images) if images is not None else []):
+        if not isinstance(image, _IMAGE_TYPES):
+            raise TypeError(
+                f"images[{index}] is a {type(image).__name__}; expected a PIL.Image.Image, numpy array or "
+                "torch tensor. Open files with PIL.Image.open(path).convert('RGB') first."
+            )
+
+
 class HfMmLlavaProcessor(ProcessorMixin):
     r"""
     image_processor: the vision tower's image processor. tokenizer: the LM's tokenizer (with `<image>`).
@@ -112,13 +122,7 @@ class HfMmLlavaProcessor(ProcessorMixin):
         return self.image_token * self.num_image_tokens(height, width)
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        # transformers would open strings as paths or fetch them as URLs here; check types before it can.
-        for index, image in enumerate(_flatten_images(images) if images is not None else []):
-            if not isinstance(image, _IMAGE_TYPES):
-                raise TypeError(
-                    f"images[{index}] is a {type(image).__name__}; expected a PIL.Image.Image, numpy array or "
-                    "torch tensor. Open files with PIL.Image.open(path).convert('RGB') first."
-                )
+        check_image_types(images)  # before transformers can open strings as paths or fetch them as URLs
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]):

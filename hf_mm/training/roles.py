@@ -11,7 +11,7 @@ from torch import nn
 # role -> submodule paths on the unwrapped model; a path missing from a model is skipped (not every family has all).
 ROLE_MODULES: dict[str, tuple[str, ...]] = {
     "vision": ("model.vision_tower", "vision_tower"),
-    "bridge": ("model.bridge", "visual_projection", "text_projection", "logit_scale"),
+    "bridge": ("model.bridge", "visual_projection", "text_projection", "logit_scale", "logit_bias"),
     "llm": ("model.language_model", "lm_head"),
     "text": ("text_tower",),
 }

@@ -16,7 +16,7 @@ import os
 
 import torch
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationMixin
 from trl import ModelConfig, get_quantization_config
 
 from ..modeling.llava import HfMmLlavaForConditionalGeneration
@@ -125,7 +125,8 @@ def prepare_model(model, stage: dict[str, RoleSettings], model_args: ModelConfig
         modules_to_save=modules_to_save(model, stage) or None,
         use_rslora=model_args.use_rslora,
         use_dora=model_args.use_dora,
-        task_type="CAUSAL_LM",
+        # A dual encoder does not generate: the plain PeftModel passes its inputs through untouched.
+        task_type="CAUSAL_LM" if isinstance(model, GenerationMixin) else None,
     )
     return get_peft_model(model, lora_config)
 

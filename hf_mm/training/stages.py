@@ -5,6 +5,7 @@ The papers' presets:
 - `instruct` (LLaVA stage 2, Qwen2.5-VL SFT/DPO): the bridge and the LLM.
 - `full`     (Qwen-VL stage 2): everything.
 - `vision`   (Qwen-VL stage 1): the vision tower and the bridge.
+- `lit`      (LiT, dual encoders): the image tower locked, the text tower and the projections trained.
 
 `apply_stage(model, stage)` sets `requires_grad` per role and keeps frozen roles in eval mode even through later
 `model.train()` calls (Trainer calls it every step), so a frozen tower's dropout and norm statistics never move.
@@ -34,6 +35,7 @@ STAGES: dict[str, dict[str, RoleSettings]] = {
     "instruct": {"vision": FROZEN, "bridge": TRAIN, "llm": TRAIN, "text": FROZEN},
     "full": {"vision": TRAIN, "bridge": TRAIN, "llm": TRAIN, "text": TRAIN},
     "vision": {"vision": TRAIN, "bridge": TRAIN, "llm": FROZEN, "text": FROZEN},
+    "lit": {"vision": FROZEN, "bridge": TRAIN, "llm": FROZEN, "text": TRAIN},
 }
 
 
@@ -103,6 +105,13 @@ def lora_target_modules(model: nn.Module, stage: dict[str, RoleSettings]) -> lis
     return targets
 
 
+def _is_module(model: nn.Module, path: str) -> bool:
+    try:
+        return not isinstance(model.get_submodule(path), nn.Identity)
+    except AttributeError:
+        return False
+
+
 def modules_to_save(model: nn.Module, stage: dict[str, RoleSettings]) -> list[str]:
     """Module paths of roles trained in full next to LoRA ones (PEFT's `modules_to_save`), e.g. the bridge.
 
@@ -110,7 +119,9 @@ def modules_to_save(model: nn.Module, stage: dict[str, RoleSettings]) -> list[st
     """
     paths = role_paths(model)
     full = [role for role, settings in stage.items() if settings.trainable and not settings.lora]
-    return [path for role in full for path in paths.get(role, [])]
+    # PEFT saves modules, not bare parameters: a dual encoder's logit scale stays as it is under LoRA.
+    base = unwrap(model)
+    return [path for role in full for path in paths.get(role, []) if _is_module(base, path)]
 
 
 __all__ = [

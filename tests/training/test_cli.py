@@ -8,12 +8,13 @@ import sys
 import pytest
 import torch
 from peft import PeftModel
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
 from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
 
 from hf_mm import HfMmLlavaForConditionalGeneration
 from hf_mm.cli import main
 from hf_mm.testing import save_tiny_causal_lm, save_tiny_vision_tower, tiny_llava_config, tiny_llava_processor
+from hf_mm.training.contrastive import ContrastiveArguments
 from hf_mm.training.data_args import DataArguments
 from hf_mm.training.setup import HfMmArguments
 from hf_mm.training.stages import STAGES
@@ -36,16 +37,21 @@ TINY_DATA = ["--dataset_format", "synthetic", "--synthetic_train_samples", "8", 
 TINY_DATA += ["--synthetic_image_size", "32", "--max_steps", "2", "--per_device_train_batch_size", "2"]
 
 
-def parser_for(recipe: pathlib.Path) -> TrlParser:
+def parse(recipe: pathlib.Path):
+    """(composition and stage, trainer config, model config) of a recipe, with the recipe's own parser."""
+    if recipe.name.startswith("clip"):
+        parser = TrlParser((ContrastiveArguments, TrainingArguments, ModelConfig))
+        hf_args, training_args, model_args = parser.parse_args_and_config(["--config", str(recipe)])
+        return hf_args, training_args, model_args
     config = DPOConfig if recipe.name.startswith("dpo") else SFTConfig
-    return TrlParser((HfMmArguments, DataArguments, config, ModelConfig))
+    parser = TrlParser((HfMmArguments, DataArguments, config, ModelConfig))
+    hf_args, _, training_args, model_args = parser.parse_args_and_config(["--config", str(recipe), "--bf16", "false"])
+    return hf_args, training_args, model_args
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_every_recipe_parses_and_states_its_composition(recipe):
-    hf_args, data_args, training_args, model_args = parser_for(recipe).parse_args_and_config(
-        ["--config", str(recipe), "--bf16", "false"]
-    )
+    hf_args, training_args, model_args = parse(recipe)
     assert hf_args.stage in STAGES
     assert model_args.model_name_or_path or (hf_args.vision_model_name_or_path and hf_args.text_model_name_or_path)
     assert training_args.output_dir.startswith("outputs/")

@@ -1,0 +1,164 @@
+"""HfMmClipModel: a dual encoder (CLIP / SigLIP) from any vision tower and any text tower.
+
+    image -> vision_tower -> pool -> visual_projection -> L2 norm --\
+                                                                     > scale * <t, v> (+ bias) -> logits_per_text
+    text  -> text_tower   -> pool -> text_projection   -> L2 norm --/
+
+Roles (design.md section 1): `vision_tower`, `text_tower`, `visual_projection`, `text_projection`, `logit_scale`
+(and `logit_bias` for the sigmoid loss). Departures from the papers, written down:
+- The scale multiplier is clamped at `max_logit_scale` (100), as the CLIP paper says; transformers' CLIPModel does
+  not clamp, which only matters once exp(scale) passes 100.
+- With several processes the loss sees every rank's negatives (`loss_clip.py`).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import ModelOutput
+
+from ..towers import load_text_tower, load_vision_config, load_vision_tower, tower_from_config
+from .configuration_clip import HfMmClipConfig
+from .loss_clip import infonce_loss, sigmoid_loss
+
+
+@dataclass
+class HfMmClipOutput(ModelOutput):
+    """`logits_per_image` (n_images, n_texts) and its transpose; embeddings are L2-normalised."""
+
+    loss: torch.Tensor | None = None
+    logits_per_image: torch.Tensor | None = None
+    logits_per_text: torch.Tensor | None = None
+    text_embeds: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+
+
+def pool(outputs, mode: str, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, N, D) tower outputs -> (B, D) by the config's pooling (see configuration_clip.py)."""
+    if mode == "pooler":
+        return outputs.pooler_output
+    hidden = outputs.last_hidden_state
+    if mode == "cls":
+        return hidden[:, 0]
+    mask = torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None else attention_mask
+    if mode == "mean":
+        mask = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    # "last": the last non-padding position, for right or left padding alike.
+    positions = torch.arange(hidden.shape[1], device=hidden.device)
+    last = (positions * mask.to(positions.dtype)).argmax(dim=1)
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def _heads(config: HfMmClipConfig):
+    """The modules hf_mm adds to the towers: two projections (or identities), the logit scale and the bias."""
+    if config.projection_dim is None:
+        projections = nn.Identity(), nn.Identity()
+    else:
+        projections = (
+            nn.Linear(config.vision_embed_dim, config.projection_dim, bias=False),
+            nn.Linear(config.text_embed_dim, config.projection_dim, bias=False),
+        )
+    scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+    bias = nn.Parameter(torch.tensor(config.logit_bias_init_value)) if config.loss_type == "sigmoid" else None
+    return (*projections, scale, bias)
+
+
+class HfMmClipPreTrainedModel(PreTrainedModel):
+    config: HfMmClipConfig
+    base_model_prefix = "hf_mm_clip"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """The one place weights are initialised. Towers initialise themselves; ours are the projections, N(0, 1/sqrt
+        of the input width) as in CLIP, and the logit scale / bias from the config."""
+        if isinstance(module, HfMmClipModel):
+            module.logit_scale.fill_(self.config.logit_scale_init_value)
+            if module.logit_bias is not None:
+                module.logit_bias.fill_(self.config.logit_bias_init_value)
+            for projection in (module.visual_projection, module.text_projection):
+                if isinstance(projection, nn.Linear):
+                    projection.weight.normal_(mean=0.0, std=projection.in_features**-0.5)
+        elif not isinstance(module, nn.Linear):
+            super()._init_weights(module)
+
+
+class HfMmClipModel(HfMmClipPreTrainedModel):
+    def __init__(self, config: HfMmClipConfig):
+        super().__init__(config)
+        self.vision_tower = tower_from_config(config.vision_config)
+        self.text_tower = tower_from_config(config.text_config)
+        self.visual_projection, self.text_projection, self.logit_scale, self.logit_bias = _heads(config)
+        self.post_init()
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+        """(B, C, H, W) -> (B, projection_dim), not normalised (as transformers' CLIPModel)."""
+        outputs = self.vision_tower(pixel_values=pixel_values.to(self.vision_tower.dtype), return_dict=True, **kwargs)
+        return self.visual_projection(pool(outputs, self.config.resolved_vision_pooling, None))
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        """(B, T) token ids -> (B, projection_dim), not normalised."""
+        outputs = self.text_tower(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
+        return self.text_projection(pool(outputs, self.config.resolved_text_pooling, attention_mask))
+
+    def scale(self) -> torch.Tensor:
+        """The logit multiplier exp(logit_scale), clamped at `max_logit_scale`."""
+        return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs,
+    ) -> HfMmClipOutput:
+        image_embeds = nn.functional.normalize(self.get_image_features(pixel_values), dim=-1)  # (B_i, D)
+        text_embeds = nn.functional.normalize(self.get_text_features(input_ids, attention_mask), dim=-1)  # (B_t, D)
+        logits_per_text = self.scale() * text_embeds @ image_embeds.t()  # (B_t, B_i)
+        if self.logit_bias is not None:
+            logits_per_text = logits_per_text + self.logit_bias
+        loss = None
+        if return_loss:
+            if self.config.loss_type == "infonce":
+                loss = infonce_loss(image_embeds, text_embeds, self.scale())
+            else:
+                loss = sigmoid_loss(image_embeds, text_embeds, self.scale(), self.logit_bias)
+        return HfMmClipOutput(
+            loss=loss,
+            logits_per_image=logits_per_text.t(),
+            logits_per_text=logits_per_text,
+            text_embeds=text_embeds,
+            image_embeds=image_embeds,
+        )
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls, vision_name_or_path: str, text_name_or_path: str, dtype=None, **config_kwargs
+    ) -> "HfMmClipModel":
+        """Compose pretrained towers with fresh projections (`config_kwargs` go to `HfMmClipConfig`).
+
+        `vision` may be a vision encoder or a dual-encoder checkpoint (its vision tower is taken); `text` may be a
+        text encoder or a causal LM (its bare decoder, pooled at the last token).
+        """
+        load_kwargs = {} if dtype is None else {"dtype": dtype}
+        vision_tower = load_vision_tower(vision_name_or_path, **load_kwargs)
+        text_tower = load_text_tower(text_name_or_path, **load_kwargs)
+        config = HfMmClipConfig(
+            vision_config=load_vision_config(vision_name_or_path), text_config=text_tower.config, **config_kwargs
+        )
+        with torch.device("meta"):
+            model = cls(config)
+        model.vision_tower, model.text_tower = vision_tower, text_tower
+        model.visual_projection, model.text_projection, model.logit_scale, model.logit_bias = _heads(config)
+        model._init_weights(model)
+        return model.to(next(vision_tower.parameters()).dtype).eval()
+
+
+__all__ = ["HfMmClipModel", "HfMmClipOutput", "HfMmClipPreTrainedModel", "pool"]

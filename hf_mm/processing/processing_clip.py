@@ -1,0 +1,43 @@
+"""HfMmClipProcessor: a dual encoder's image processor + its text tower's tokenizer.
+
+Texts and images are independent inputs (no placeholders). Choices written down:
+- A tokenizer without a pad token (a causal LM's) pads with its EOS token; the model pools the last *non-padding*
+  token, so right padding is safe.
+- Images must be PIL images, numpy arrays or torch tensors, as in every hf_mm processor.
+"""
+
+from __future__ import annotations
+
+from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
+
+from .processing_llava import check_image_types
+
+
+class HfMmClipProcessor(ProcessorMixin):
+    r"""image_processor: the vision tower's image processor. tokenizer: the text tower's tokenizer."""
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        if tokenizer is not None and tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ValueError("The tokenizer has neither a pad token nor an eos token; set tokenizer.pad_token.")
+            tokenizer.pad_token = tokenizer.eos_token
+        super().__init__(image_processor, tokenizer, **kwargs)
+
+    @classmethod
+    def from_vision_text_pretrained(cls, vision_name_or_path: str, text_name_or_path: str) -> HfMmClipProcessor:
+        """The processor matching `HfMmClipModel.from_vision_text_pretrained` on the same two checkpoints."""
+        return cls(
+            image_processor=AutoImageProcessor.from_pretrained(vision_name_or_path),
+            tokenizer=AutoTokenizer.from_pretrained(text_name_or_path),
+        )
+
+    def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        check_image_types(images)  # before transformers can open strings as paths or fetch them as URLs
+        return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values"]
+
+
+__all__ = ["HfMmClipProcessor"]
