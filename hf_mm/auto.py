@@ -16,6 +16,7 @@ from transformers import (
 
 from .modeling.clip import HfMmClipConfig, HfMmClipModel
 from .modeling.llava import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, HfMmLlavaModel
+from .modeling.qwen2_5_vl import HfMmQwen2_5_ViTConfig, HfMmQwen2_5_ViTModel
 from .processing.processing_clip import HfMmClipProcessor
 from .processing.processing_llava import HfMmLlavaProcessor
 
@@ -41,3 +42,12 @@ def _register_clip() -> None:
 
 
 _register_clip()
+
+
+def _register_qwen2_5_vit() -> None:
+    # The native-resolution ViT is a tower of its own, so AutoModel builds it like any other vision encoder.
+    AutoConfig.register(HfMmQwen2_5_ViTConfig.model_type, HfMmQwen2_5_ViTConfig, exist_ok=True)
+    AutoModel.register(HfMmQwen2_5_ViTConfig, HfMmQwen2_5_ViTModel, exist_ok=True)
+
+
+_register_qwen2_5_vit()

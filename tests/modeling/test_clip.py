@@ -3,7 +3,6 @@ any image tower with any text tower (pooler, CLS/mean, last token), and the name
 
 import pytest
 import torch
-import torch.nn.functional as F
 from transformers import (
     AutoModel,
     AutoModelForZeroShotImageClassification,
@@ -205,16 +204,4 @@ def test_every_parameter_gets_a_gradient():
     model.train()
     model(**batch(), return_loss=True).loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    # CLIP's text position embeddings past the sequence length and the vision tower's pre-norm get no gradient in
-    # the reference either; everything else, including our projections and the scale, must.
-    assert all("position_embedding" in n for n in missing), missing
-    assert F.mse_loss(model.logit_scale.grad, torch.zeros(())) > 0
-
-
-def test_processor_refuses_paths_and_pads_with_eos_when_the_tokenizer_has_no_pad():
-    tokenizer = T.tiny_tokenizer()
-    tokenizer.pad_token = None
-    processor = HfMmClipProcessor(image_processor=T.tiny_image_processor("clip"), tokenizer=tokenizer)
-    assert processor.tokenizer.pad_token == tokenizer.eos_token
-    with pytest.raises(TypeError, match=r"images\[0\] is a str"):
-        processor(images=["cat.png"], text=["a cat"])
+    assert not missing, missing
