@@ -7,6 +7,7 @@ and PEFT's AutoPeftModelForCausalLM fall back to it) and `AutoProcessor` load hf
 
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
@@ -17,6 +18,7 @@ from transformers import (
 from .modeling.clip import HfMmClipConfig, HfMmClipModel
 from .modeling.llava import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, HfMmLlavaModel
 from .modeling.qwen2_5_vl import HfMmQwen2_5_ViTConfig, HfMmQwen2_5_ViTModel
+from .processing.image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
 from .processing.processing_clip import HfMmClipProcessor
 from .processing.processing_llava import HfMmLlavaProcessor
 
@@ -48,6 +50,10 @@ def _register_qwen2_5_vit() -> None:
     # The native-resolution ViT is a tower of its own, so AutoModel builds it like any other vision encoder.
     AutoConfig.register(HfMmQwen2_5_ViTConfig.model_type, HfMmQwen2_5_ViTConfig, exist_ok=True)
     AutoModel.register(HfMmQwen2_5_ViTConfig, HfMmQwen2_5_ViTModel, exist_ok=True)
+    # A saved tower ships its image processor, so composition can read both from one folder.
+    AutoImageProcessor.register(
+        HfMmQwen2_5_ViTConfig, image_processor_classes={"pil": HfMmQwen2_5_VLImageProcessor}, exist_ok=True
+    )
 
 
 _register_qwen2_5_vit()
