@@ -1,0 +1,83 @@
+"""Multimodal RoPE position ids (Qwen2-VL / Qwen2.5-VL): three axes (temporal, height, width) per token.
+
+- Text tokens count up by one, equal on all three axes.
+- A vision run starting at position s gets (s + floor(t * interval), s + row, s + col) over its merged grid; the
+  interval is 1 for images and `tokens_per_second * second_per_grid_t` for video, so temporal ids measure absolute
+  time (4 ids per second by default, whatever the sampling rate).
+- The text after a vision run resumes at s + max(rows, cols), as the reference does (for a long video the temporal
+  ids can pass that point; we keep the reference's choice for checkpoint compatibility).
+- Padding (attention_mask 0) gets position 0 and is skipped when counting.
+
+`rope_deltas` (max position + 1 - length) let decoding continue from the prompt: the next token's ids are
+length + delta on every axis.
+"""
+
+import torch
+
+TEXT, IMAGE, VIDEO = 0, 1, 2
+
+
+def _runs(types: list[int]) -> list[tuple[int, int, int]]:
+    """[(modality, start, end), ...] for consecutive equal token types."""
+    runs, start = [], 0
+    for i in range(1, len(types) + 1):
+        if i == len(types) or types[i] != types[start]:
+            runs.append((types[start], start, i))
+            start = i
+    return runs
+
+
+def _vision_ids(start: int, grid: list[int], merge: int, interval: float) -> torch.Tensor:
+    t, h, w = grid[0], grid[1] // merge, grid[2] // merge
+    temporal = (torch.arange(t) * interval).long() + start  # (t,)
+    ids = torch.stack(
+        torch.meshgrid(temporal, torch.arange(h) + start, torch.arange(w) + start, indexing="ij")
+    )  # (3, t, h, w)
+    return ids.reshape(3, -1)
+
+
+def mrope_position_ids(
+    mm_token_type_ids: torch.Tensor,
+    image_grid_thw: torch.Tensor | None = None,
+    video_grid_thw: torch.Tensor | None = None,
+    second_per_grid_ts: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    spatial_merge_size: int = 2,
+    tokens_per_second: float = 4,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(3, B, L) position ids and (B, 1) rope deltas from token types (0 text, 1 image, 2 video) and the grids."""
+    batch, length = mm_token_type_ids.shape
+    grids = {
+        IMAGE: iter(image_grid_thw.tolist() if image_grid_thw is not None else []),
+        VIDEO: iter(video_grid_thw.tolist() if video_grid_thw is not None else []),
+    }
+    seconds = iter(second_per_grid_ts.tolist() if second_per_grid_ts is not None else [])
+    position_ids = torch.zeros(3, batch, length, dtype=torch.long)
+    deltas = []
+    for b in range(batch):
+        keep = attention_mask[b].bool() if attention_mask is not None else torch.ones(length, dtype=torch.bool)
+        pieces, position = [], 0
+        for modality, start, end in _runs(mm_token_type_ids[b][keep].tolist()):
+            if modality == TEXT:
+                pieces.append(torch.arange(position, position + end - start).expand(3, -1))
+                position += end - start
+                continue
+            grid = next(grids[modality], None)
+            if grid is None:
+                raise ValueError(f"Sample {b} has more {'image' if modality == IMAGE else 'video'} runs than grids.")
+            expected = grid[0] * grid[1] * grid[2] // spatial_merge_size**2
+            if end - start != expected:
+                raise ValueError(
+                    f"Sample {b}: a run of {end - start} vision tokens, but its grid {grid} needs {expected}. Wrap each "
+                    "image or video in <|vision_start|> ... <|vision_end|> so adjacent ones stay apart."
+                )
+            interval = tokens_per_second * next(seconds, 1.0) if modality == VIDEO else 1
+            pieces.append(_vision_ids(position, grid, spatial_merge_size, interval))
+            position += max(grid[1], grid[2]) // spatial_merge_size
+        ids = torch.cat(pieces, dim=1) if pieces else torch.zeros(3, 0, dtype=torch.long)
+        position_ids[:, b, keep] = ids
+        deltas.append((ids.max() + 1 - ids.shape[1]) if ids.numel() else torch.tensor(0))
+    return position_ids.to(mm_token_type_ids.device), torch.stack(deltas).view(batch, 1).to(mm_token_type_ids.device)
+
+
+__all__ = ["mrope_position_ids", "TEXT", "IMAGE", "VIDEO"]

@@ -1,0 +1,72 @@
+"""M-RoPE position ids equal transformers' Qwen2.5-VL `get_rope_index` for images, two images of different sizes, a
+video with absolute time, and a left-padded batch."""
+
+import pytest
+import torch
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLModel
+
+from hf_mm.modeling.qwen2_5_vl.mrope import IMAGE, TEXT, VIDEO, mrope_position_ids
+
+
+@pytest.fixture(scope="module")
+def reference():
+    vision = dict(depth=1, hidden_size=16, intermediate_size=16, num_heads=2, out_hidden_size=32, tokens_per_second=4)
+    text = dict(hidden_size=32, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                num_key_value_heads=2, vocab_size=64, rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3]})  # fmt: skip
+    return Qwen2_5_VLModel(Qwen2_5_VLConfig(vision_config=vision, text_config=text)).eval()
+
+
+def sequence(*parts) -> list[int]:
+    """parts: ("t", n) text tokens, or ("i"/"v", grid) vision runs sized by their merged grid."""
+    types = []
+    for kind, value in parts:
+        if kind == "t":
+            types += [TEXT] * value
+        else:
+            t, h, w = value
+            types += [IMAGE if kind == "i" else VIDEO] * (t * h * w // 4)
+    return types
+
+
+CASES = {
+    "one_image": ([("t", 3), ("i", (1, 4, 6)), ("t", 5)],),
+    "two_images_of_different_sizes": ([("t", 2), ("i", (1, 4, 6)), ("t", 1), ("i", (1, 8, 2)), ("t", 4)],),
+    "video_with_absolute_time": ([("t", 2), ("v", (3, 4, 4)), ("t", 3)],),
+}
+
+
+def grids(parts, kind):
+    found = [torch.tensor(value) for k, value in parts if k == kind]
+    return torch.stack(found) if found else None
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_position_ids_equal_the_reference(reference, case):
+    (parts,) = CASES[case]
+    types = torch.tensor([sequence(*parts)])
+    seconds = torch.tensor([1.5]) if case.startswith("video") else None  # 2 frames per grid at 4/3 fps
+    kwargs = dict(image_grid_thw=grids(parts, "i"), video_grid_thw=grids(parts, "v"), second_per_grid_ts=seconds)
+    expected, expected_deltas = reference.get_rope_index(types.clone(), types, **kwargs)
+    got, deltas = mrope_position_ids(types, **kwargs)
+    assert torch.equal(got, expected) and torch.equal(deltas, expected_deltas)
+    if case.startswith("video"):  # temporal ids advance by tokens_per_second * seconds = 6 per grid step
+        video = got[0, 0][types[0] == VIDEO]
+        assert sorted(set(video.tolist())) == [2, 8, 14]
+
+
+def test_left_padded_batch_equals_the_reference(reference):
+    long = sequence(("t", 3), ("i", (1, 4, 6)), ("t", 5))
+    short = sequence(("t", 1), ("i", (1, 2, 2)), ("t", 2))
+    types = torch.tensor([long, [TEXT] * (len(long) - len(short)) + short])
+    mask = torch.ones_like(types)
+    mask[1, : len(long) - len(short)] = 0
+    image_grid_thw = torch.tensor([[1, 4, 6], [1, 2, 2]])
+    expected = reference.get_rope_index(types.clone(), types, image_grid_thw=image_grid_thw, attention_mask=mask)
+    got = mrope_position_ids(types, image_grid_thw=image_grid_thw, attention_mask=mask)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_a_vision_run_that_does_not_match_its_grid_is_named():
+    types = torch.tensor([sequence(("t", 1), ("i", (1, 4, 4)), ("i", (1, 2, 2)), ("t", 1))])  # no separator
+    with pytest.raises(ValueError, match="Sample 0: a run of 5 vision tokens"):
+        mrope_position_ids(types, image_grid_thw=torch.tensor([[1, 4, 4], [1, 2, 2]]))
