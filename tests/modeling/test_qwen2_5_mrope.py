@@ -70,3 +70,36 @@ def test_a_vision_run_that_does_not_match_its_grid_is_named():
     types = torch.tensor([sequence(("t", 1), ("i", (1, 4, 4)), ("i", (1, 2, 2)), ("t", 1))])  # no separator
     with pytest.raises(ValueError, match="Sample 0: a run of 5 vision tokens"):
         mrope_position_ids(types, image_grid_thw=torch.tensor([[1, 4, 4], [1, 2, 2]]))
+
+
+def test_any_rope_lm_wrapped_with_mrope_equals_qwen2_5_vls_text_model():
+    from transformers import Qwen2Config, Qwen2Model
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
+
+    from hf_mm.modeling.qwen2_5_vl.mrope import wrap_rotary
+
+    common = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, vocab_size=64, rms_norm_eps=1e-6)  # fmt: skip
+    rope = {"rope_type": "default", "rope_theta": 10000.0}
+    torch.manual_seed(0)
+    reference = Qwen2_5_VLTextModel(
+        Qwen2_5_VLConfig(text_config=dict(common, rope_parameters={**rope, "mrope_section": [2, 3, 3]})).text_config
+    ).eval()
+    lm = Qwen2Model(Qwen2Config(**common, rope_parameters=rope)).eval()
+    lm.load_state_dict(reference.state_dict())
+    rotary = wrap_rotary(lm, [2, 3, 3])
+    types = torch.tensor([sequence(("t", 3), ("i", (1, 4, 6)), ("t", 5))])
+    position_ids, _ = mrope_position_ids(types, image_grid_thw=torch.tensor([[1, 4, 6]]))
+    input_ids = torch.randint(0, 64, types.shape)
+    with torch.no_grad():
+        expected = reference(input_ids=input_ids, position_ids=position_ids).last_hidden_state
+        # The LM gets the temporal ids for its own bookkeeping; the wrapper rotates with all three axes.
+        mask = torch.ones_like(input_ids)
+        rotary.position_ids = position_ids
+        got = lm(input_ids=input_ids, attention_mask=mask, position_ids=position_ids[0]).last_hidden_state
+        rotary.position_ids = None
+        plain = lm(input_ids=input_ids, attention_mask=mask, position_ids=position_ids[0]).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    assert (plain - expected).abs().max() > 1e-4  # 1D RoPE on the temporal ids alone is off by far more than 1e-5
+    with pytest.raises(ValueError, match="must sum to head_dim / 2 = 8"):
+        wrap_rotary(Qwen2Model(Qwen2Config(**common)), [2, 2, 2])

@@ -13,6 +13,7 @@ length + delta on every axis.
 """
 
 import torch
+from torch import nn
 
 TEXT, IMAGE, VIDEO = 0, 1, 2
 
@@ -80,4 +81,55 @@ def mrope_position_ids(
     return position_ids.to(mm_token_type_ids.device), torch.stack(deltas).view(batch, 1).to(mm_token_type_ids.device)
 
 
-__all__ = ["mrope_position_ids", "TEXT", "IMAGE", "VIDEO"]
+class MultimodalRotaryEmbedding(nn.Module):
+    """Wraps any LM's rotary embedding so that it rotates by M-RoPE, without touching the LM's code.
+
+    The inner rotary embedding computes cos/sin for each of the three axes; frequency band i of `mrope_section`
+    (which sums to head_dim / 2) then takes its values from axis i % 3, as Qwen2-VL does. The 3D ids cannot travel
+    through an arbitrary LM's forward, so the caller sets `self.position_ids` (3, B, L) before calling the LM;
+    without them (text-only decoding steps) the LM's own 2D ids are used on all three axes, which is exactly M-RoPE
+    for text.
+    """
+
+    def __init__(self, rotary: nn.Module, mrope_section: list[int]):
+        super().__init__()
+        self.rotary, self.mrope_section = rotary, list(mrope_section)
+        self.position_ids: torch.Tensor | None = None
+
+    def _combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        half = parts[0].shape[-1] // 2  # the LM's layout is [freqs | freqs] (rotate_half)
+        chunks = [part[..., :half].split(self.mrope_section, dim=-1) for part in parts]
+        mixed = torch.cat([chunks[i % 3][i] for i in range(len(self.mrope_section))], dim=-1)
+        return torch.cat((mixed, mixed), dim=-1)
+
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
+        ids = self.position_ids
+        if ids is None or ids.shape[1:] != position_ids.shape:
+            ids = position_ids.expand(3, *position_ids.shape)
+        cos, sin = zip(*(self.rotary(x, ids[axis]) for axis in range(3)))  # each (B, L, head_dim)
+        return self._combine(list(cos)), self._combine(list(sin))
+
+
+def wrap_rotary(language_model: nn.Module, mrope_section: list[int]) -> MultimodalRotaryEmbedding:
+    """Replace `language_model.rotary_emb` by its M-RoPE wrapper; refuse LMs without a compatible rotary embedding."""
+    rotary = getattr(language_model, "rotary_emb", None)
+    if rotary is None:
+        raise ValueError(
+            f"{type(language_model).__name__} has no `rotary_emb`: M-RoPE needs an LM with rotary position "
+            "embeddings (Qwen2, Llama, Mistral, ...)."
+        )
+    probe = torch.zeros(1, 1, 1)
+    cos, _ = rotary(probe, torch.tensor([[3]]))
+    half = cos.shape[-1] // 2
+    if sum(mrope_section) != half:
+        raise ValueError(f"mrope_section={mrope_section} must sum to head_dim / 2 = {half} for this LM.")
+    if not torch.allclose(cos[..., :half], cos[..., half:]):
+        raise ValueError(
+            f"{type(rotary).__name__} does not lay out its frequencies as [freqs | freqs] (rotate_half), so its "
+            "bands cannot be assigned to M-RoPE's axes."
+        )
+    language_model.rotary_emb = MultimodalRotaryEmbedding(rotary, mrope_section)
+    return language_model.rotary_emb
+
+
+__all__ = ["mrope_position_ids", "MultimodalRotaryEmbedding", "wrap_rotary", "TEXT", "IMAGE", "VIDEO"]
