@@ -10,6 +10,10 @@ Choices written down:
 - Aspect ratios above `max_aspect_ratio` (200, the reference's limit) are refused with the image's size, not warped.
 - Boxes for grounding are in absolute pixels of the *resized* image (the paper's choice); `map_box` converts
   between the original and the resized image, both ways.
+- Video (`process_video`): frames are sampled at `target_fps` (the paper's dynamic FPS, 2 by default) within
+  [min_frames, max_frames], padded to a multiple of 2 by repeating the last frame, and all resized to one size
+  whose total token count stays under `max_video_tokens` (the resolution drops, never the frames).
+  `second_per_grid_ts` (seconds per temporal patch) lets M-RoPE place the frames in absolute time.
 """
 
 import math
@@ -74,6 +78,18 @@ def patchify(image: np.ndarray, patch: int, merge: int, temporal: int) -> np.nda
     return x.reshape(frames // temporal * gh * gw, channels * temporal * patch * patch)
 
 
+def sample_frame_indices(
+    num_frames: int, fps: float, target_fps: float, min_frames: int, max_frames: int, temporal: int
+):
+    """Indices of the frames to keep: `target_fps` over the clip's duration, clamped to [min, max] and rounded to a
+    multiple of `temporal`; a clip shorter than that keeps every frame (padding then fills the last patch)."""
+    wanted = round(num_frames / fps * target_fps)
+    count = min(max(wanted, min_frames), max_frames, num_frames)
+    if count < num_frames:  # sampling: a whole number of temporal patches
+        count = max(temporal, count // temporal * temporal)
+    return np.linspace(0, num_frames - 1, count).round().astype(int)
+
+
 class HfMmQwen2_5_VLImageProcessor(PilBackend):
     resample = PILImageResampling.BICUBIC
     size = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280}
@@ -88,6 +104,11 @@ class HfMmQwen2_5_VLImageProcessor(PilBackend):
     temporal_patch_size = 2
     merge_size = 2
     max_aspect_ratio = 200
+    video_target_fps = 2.0
+    video_min_frames = 4
+    video_max_frames = 768
+    video_min_pixels = 128 * 28 * 28
+    max_video_tokens = 16384
     valid_kwargs = HfMmQwen2_5_VLImageProcessorKwargs
     model_input_names = ["pixel_values", "image_grid_thw"]
 
@@ -116,5 +137,41 @@ class HfMmQwen2_5_VLImageProcessor(PilBackend):
         data = {"pixel_values": np.concatenate(all_patches), "image_grid_thw": np.array(grids, dtype=np.int64)}
         return BatchFeature(data=data, tensor_type=return_tensors)
 
+    def process_video(self, video, fps: float, return_tensors=None) -> BatchFeature:
+        """A video as a list of frames (PIL / HWC arrays) or a (T, H, W, C) uint8 array, recorded at `fps`.
 
-__all__ = ["HfMmQwen2_5_VLImageProcessor", "map_box", "patchify", "smart_resize"]
+        Returns `pixel_values_videos` (N, 3 * 2 * 14 * 14), `video_grid_thw` (1, 3) and `second_per_grid_ts` (1,).
+        """
+        frames = np.stack(
+            [np.asarray(frame.convert("RGB") if hasattr(frame, "convert") else frame) for frame in video]
+        )
+        if frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"A video must be (T, H, W, 3) frames; got an array of shape {frames.shape}.")
+        if fps <= 0:
+            raise ValueError(f"fps={fps} must be positive: the frame rate the video was recorded at.")
+        temporal, factor = self.temporal_patch_size, self.patch_size * self.merge_size
+        keep = sample_frame_indices(len(frames), fps, self.video_target_fps, self.video_min_frames,
+                                    self.video_max_frames, temporal)  # fmt: skip
+        frames = frames[keep]
+        if len(frames) % temporal:  # repeat the last frame to fill the final temporal patch
+            frames = np.concatenate([frames, np.repeat(frames[-1:], temporal - len(frames) % temporal, axis=0)])
+        budget = self.max_video_tokens * factor * factor * temporal // len(frames)  # pixels per frame
+        height, width = smart_resize(*frames.shape[1:3], factor, min(self.video_min_pixels, budget), budget,
+                                     self.max_aspect_ratio)  # fmt: skip
+        size = SizeDict(height=height, width=width)
+        processed = []
+        for frame in frames:
+            frame = self.resize(frame.transpose(2, 0, 1), size, resample=self.resample)
+            frame = self.normalize(self.rescale(frame, self.rescale_factor), self.image_mean, self.image_std)
+            processed.append(np.asarray(frame, dtype=np.float32))
+        grid = [len(frames) // temporal, height // self.patch_size, width // self.patch_size]
+        sampled_fps = fps * len(keep) / len(video)
+        data = {
+            "pixel_values_videos": patchify(np.stack(processed), self.patch_size, self.merge_size, temporal),
+            "video_grid_thw": np.array([grid], dtype=np.int64),
+            "second_per_grid_ts": np.array([temporal / sampled_fps], dtype=np.float32),
+        }
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+
+__all__ = ["HfMmQwen2_5_VLImageProcessor", "map_box", "patchify", "sample_frame_indices", "smart_resize"]

@@ -81,3 +81,42 @@ def test_saved_processor_reloads_through_auto_image_processor(tmp_path):
 def test_grayscale_and_rgba_images_are_converted():
     got = HfMmQwen2_5_VLImageProcessor()(images=images([(60, 60)], "L") + images([(60, 60)], "RGBA"))
     assert got["pixel_values"].shape == (2 * 4 * 4, 1176)
+
+
+def clip(frames: int, height: int = 120, width: int = 160) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+
+
+def test_video_is_sampled_at_the_target_fps_and_placed_in_absolute_time():
+    out = HfMmQwen2_5_VLImageProcessor().process_video(clip(90), fps=30)  # 3 s at 30 fps -> 6 frames at 2 fps
+    t, h, w = out["video_grid_thw"][0]
+    assert t == 3 and out["pixel_values_videos"].shape == (t * h * w, 1176)
+    assert out["second_per_grid_ts"][0] == pytest.approx(1.0)  # 2 frames per temporal patch at 2 fps
+
+
+def test_video_token_budget_lowers_the_resolution_not_the_frames():
+    processor = HfMmQwen2_5_VLImageProcessor()
+    processor.max_video_tokens = 200
+    out = processor.process_video(clip(300, 480, 640), fps=30)  # 10 s -> 20 frames -> 10 temporal patches
+    t, h, w = out["video_grid_thw"][0]
+    assert t == 10 and t * h * w // 4 <= 200
+
+
+def test_a_static_video_patches_like_its_frame_and_odd_frame_counts_are_padded():
+    processor = HfMmQwen2_5_VLImageProcessor()
+    frame = clip(1)[0]
+    out = processor.process_video(np.stack([frame] * 3), fps=1)  # 3 frames, all kept -> padded to 4
+    t, h, w = out["video_grid_thw"][0]
+    assert t == 2
+    resized = PIL.Image.fromarray(frame).resize((int(w) * 14, int(h) * 14), PIL.Image.Resampling.BICUBIC)
+    image = processor(images=[resized], do_resize=False, return_tensors="np")
+    assert tuple(image["image_grid_thw"][0]) == (1, h, w)
+    np.testing.assert_allclose(out["pixel_values_videos"][: h * w], image["pixel_values"], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "video, fps, message", [(np.zeros((4, 8, 8)), 2, "must be"), (np.zeros((4, 56, 56, 3)), 0, "fps=0")]
+)
+def test_bad_videos_are_named(video, fps, message):
+    with pytest.raises(ValueError, match=message):
+        HfMmQwen2_5_VLImageProcessor().process_video(video, fps=fps)
