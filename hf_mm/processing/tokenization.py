@@ -12,9 +12,14 @@ IMAGE_TOKEN = "<image>"
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 
 
+def resources_template(name: str) -> str:
+    """A chat template shipped in `hf_mm/processing/chat_templates/`."""
+    return resources.files("hf_mm.processing").joinpath(f"chat_templates/{name}").read_text()
+
+
 def default_chat_template() -> str:
     """hf_mm's ChatML template: renders `{"type": "image"}` parts as `<image>`, marks assistant turns."""
-    return resources.files("hf_mm.processing").joinpath("chat_templates/chatml.jinja").read_text()
+    return resources_template("chatml.jinja")
 
 
 def prepare_tokenizer(tokenizer, image_token: str = IMAGE_TOKEN):

@@ -1,0 +1,96 @@
+"""HfMmQwen2_5_VLProcessor: the Qwen2.5-VL image processor + any LM's tokenizer + vision runs in the text.
+
+Each image is `<|vision_start|><|image_pad|><|vision_end|>` in the text (the chat template writes it), and the
+processor expands its `<|image_pad|>` into one token per merged 2x2 patch block, t * h * w / 4, read from
+`image_grid_thw`; videos likewise with `<|video_pad|>`. It returns `input_ids`, `attention_mask`, `pixel_values`,
+`image_grid_thw` (and `pixel_values_videos`, `video_grid_thw`, `second_per_grid_ts`), plus `mm_token_type_ids`
+(0 text, 1 image, 2 video), from which the model builds M-RoPE ids. Truncation never cuts a vision run: a sample
+that would lose placeholders raises, naming it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from transformers import BatchFeature, ProcessorMixin
+
+from .processing_llava import check_image_types
+from .tokenization import CHATML_TOKENS, resources_template
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def prepare_qwen_tokenizer(tokenizer):
+    """Add the vision tokens (and ChatML's, with hf_mm's Qwen2.5-VL template, when the tokenizer has no template)."""
+    new = [t for t in VISION_TOKENS if t not in tokenizer.get_vocab()]
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = resources_template("qwen2_5_vl.jinja")
+        new += [t for t in CHATML_TOKENS if t not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class HfMmQwen2_5_VLProcessor(ProcessorMixin):
+    r"""image_processor: `HfMmQwen2_5_VLImageProcessor`. tokenizer: the LM's, prepared by `prepare_qwen_tokenizer`."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        missing = [t for t in VISION_TOKENS if t not in tokenizer.get_vocab()]
+        if missing:
+            raise ValueError(f"The tokenizer lacks {missing}; call prepare_qwen_tokenizer(tokenizer) first.")
+        self.image_token, self.video_token = "<|image_pad|>", "<|video_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or tokenizer.chat_template, **kwargs)
+
+    def _expand(self, text: list[str], token: str, counts: list[int]) -> list[str]:
+        """Each `token` placeholder -> its input's run of `count` tokens, in order across the batch."""
+        counts, out = list(counts), []
+        for index, sample in enumerate(text):
+            pieces = sample.split(token)
+            if len(pieces) - 1 > len(counts):
+                raise ValueError(f"Sample {index} has more {token} placeholders than inputs were given.")
+            runs, counts = counts[: len(pieces) - 1], counts[len(pieces) - 1 :]
+            out.append(pieces[0] + "".join(token * n + piece for n, piece in zip(runs, pieces[1:])))
+        if counts:
+            raise ValueError(f"More inputs than {token} placeholders in the text; add one placeholder per input.")
+        return out
+
+    def __call__(self, images=None, text=None, videos=None, fps=None, **kwargs) -> BatchFeature:
+        text = [text] if isinstance(text, str) else list(text or [])
+        return_tensors = kwargs.pop("return_tensors", None)
+        data, merge = {}, self.image_processor.merge_size**2
+        if images is not None:
+            check_image_types(images)
+            data.update(self.image_processor(images=images, return_tensors="np"))
+            text = self._expand(text, self.image_token, [int(np.prod(g)) // merge for g in data["image_grid_thw"]])
+        if videos is not None:
+            fps = fps if isinstance(fps, (list, tuple)) else [fps] * len(videos)
+            parts = [self.image_processor.process_video(video, rate) for video, rate in zip(videos, fps, strict=True)]
+            for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
+                data[key] = np.concatenate([part[key] for part in parts])
+            text = self._expand(text, self.video_token, [int(np.prod(g)) // merge for g in data["video_grid_thw"]])
+        tokens = self.tokenizer(text, **kwargs)
+        self._check_runs(text, tokens["input_ids"])
+        ids = tokens["input_ids"]
+        types = [[1 if t == self.image_token_id else 2 if t == self.video_token_id else 0 for t in row] for row in ids]
+        return BatchFeature(data={**tokens, **data, "mm_token_type_ids": types}, tensor_type=return_tensors)
+
+    def _check_runs(self, text: list[str], input_ids) -> None:
+        for index, (sample, ids) in enumerate(zip(text, input_ids)):
+            for token, token_id in ((self.image_token, self.image_token_id), (self.video_token, self.video_token_id)):
+                expected, found = sample.count(token), list(ids).count(token_id)
+                if found != expected:
+                    raise ValueError(
+                        f"Sample {index}: truncation would cut its vision placeholders ({found} of {expected} "
+                        f"{token} tokens kept). Vision tokens are never truncated: raise max_length or drop it."
+                    )
+
+    @property
+    def model_input_names(self) -> list[str]:
+        names = ["input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"]
+        return names + ["pixel_values_videos", "video_grid_thw", "second_per_grid_ts"]
+
+
+__all__ = ["HfMmQwen2_5_VLProcessor", "VISION_TOKENS", "prepare_qwen_tokenizer"]
