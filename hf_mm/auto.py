@@ -17,10 +17,17 @@ from transformers import (
 
 from .modeling.clip import HfMmClipConfig, HfMmClipModel
 from .modeling.llava import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, HfMmLlavaModel
-from .modeling.qwen2_5_vl import HfMmQwen2_5_ViTConfig, HfMmQwen2_5_ViTModel
+from .modeling.qwen2_5_vl import (
+    HfMmQwen2_5_ViTConfig,
+    HfMmQwen2_5_ViTModel,
+    HfMmQwen2_5_VLConfig,
+    HfMmQwen2_5_VLForConditionalGeneration,
+    HfMmQwen2_5_VLModel,
+)
 from .processing.image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
 from .processing.processing_clip import HfMmClipProcessor
 from .processing.processing_llava import HfMmLlavaProcessor
+from .processing.processing_qwen2_5_vl import HfMmQwen2_5_VLProcessor
 
 
 def _register_llava() -> None:
@@ -57,3 +64,17 @@ def _register_qwen2_5_vit() -> None:
 
 
 _register_qwen2_5_vit()
+
+
+def _register_qwen2_5_vl() -> None:
+    AutoConfig.register(HfMmQwen2_5_VLConfig.model_type, HfMmQwen2_5_VLConfig, exist_ok=True)
+    AutoModel.register(HfMmQwen2_5_VLConfig, HfMmQwen2_5_VLModel, exist_ok=True)
+    AutoModelForImageTextToText.register(HfMmQwen2_5_VLConfig, HfMmQwen2_5_VLForConditionalGeneration, exist_ok=True)
+    AutoModelForCausalLM.register(HfMmQwen2_5_VLConfig, HfMmQwen2_5_VLForConditionalGeneration, exist_ok=True)
+    AutoImageProcessor.register(
+        HfMmQwen2_5_VLConfig, image_processor_classes={"pil": HfMmQwen2_5_VLImageProcessor}, exist_ok=True
+    )
+    AutoProcessor.register(HfMmQwen2_5_VLConfig, HfMmQwen2_5_VLProcessor, exist_ok=True)
+
+
+_register_qwen2_5_vl()

@@ -2,5 +2,11 @@
 
 from .clip import from_transformers_clip, from_transformers_siglip
 from .llava import from_transformers_llava
+from .qwen2_5_vl import from_transformers_qwen2_5_vl
 
-__all__ = ["from_transformers_clip", "from_transformers_llava", "from_transformers_siglip"]
+__all__ = [
+    "from_transformers_clip",
+    "from_transformers_llava",
+    "from_transformers_qwen2_5_vl",
+    "from_transformers_siglip",
+]

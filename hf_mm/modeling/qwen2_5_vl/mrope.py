@@ -104,7 +104,7 @@ class MultimodalRotaryEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor):
         ids = self.position_ids
-        if ids is None or ids.shape[1:] != position_ids.shape:
+        if ids is None or ids.shape[-1] != position_ids.shape[-1]:  # LMs pass (1, L) or (B, L) ids
             ids = position_ids.expand(3, *position_ids.shape)
         cos, sin = zip(*(self.rotary(x, ids[axis]) for axis in range(3)))  # each (B, L, head_dim)
         return self._combine(list(cos)), self._combine(list(sin))
@@ -118,16 +118,19 @@ def wrap_rotary(language_model: nn.Module, mrope_section: list[int]) -> Multimod
             f"{type(language_model).__name__} has no `rotary_emb`: M-RoPE needs an LM with rotary position "
             "embeddings (Qwen2, Llama, Mistral, ...)."
         )
-    probe = torch.zeros(1, 1, 1)
-    cos, _ = rotary(probe, torch.tensor([[3]]))
-    half = cos.shape[-1] // 2
+    inv_freq = getattr(rotary, "inv_freq", None)
+    if inv_freq is None:
+        raise ValueError(f"{type(rotary).__name__} has no `inv_freq`: hf_mm cannot tell how its bands are laid out.")
+    half = inv_freq.numel()  # known from the shape alone, so this also works on the meta device
     if sum(mrope_section) != half:
         raise ValueError(f"mrope_section={mrope_section} must sum to head_dim / 2 = {half} for this LM.")
-    if not torch.allclose(cos[..., :half], cos[..., half:]):
-        raise ValueError(
-            f"{type(rotary).__name__} does not lay out its frequencies as [freqs | freqs] (rotate_half), so its "
-            "bands cannot be assigned to M-RoPE's axes."
-        )
+    if not inv_freq.is_meta:
+        cos, _ = rotary(torch.zeros(1, 1, 1), torch.tensor([[3]]))
+        if not torch.allclose(cos[..., :half], cos[..., half:]):
+            raise ValueError(
+                f"{type(rotary).__name__} does not lay out its frequencies as [freqs | freqs] (rotate_half), so "
+                "its bands cannot be assigned to M-RoPE's axes."
+            )
     language_model.rotary_emb = MultimodalRotaryEmbedding(rotary, mrope_section)
     return language_model.rotary_emb
 

@@ -1,0 +1,205 @@
+"""HfMmQwen2_5_VL: the native-resolution ViT, its 2x2 merger (the bridge) and any causal LM with rotary positions.
+
+    pixels -> vision_tower (hf_mm_qwen2_5_vit) -> bridge (PatchMerger) -> scattered at <|image_pad|> / <|video_pad|>
+    input ids -> LM with M-RoPE: (time, row, column) ids from `mrope_position_ids`, applied by wrapping the LM's own
+    rotary embedding (`mrope.wrap_rotary`), so the LM's code is untouched.
+
+Position ids are built at prefill from `mm_token_type_ids` (or from the ids themselves) and the grids; their
+`rope_deltas` are kept for decoding, where every axis continues at past_length + delta. Images and videos run
+through the tower once per `generate()` (the generic prepare_inputs_for_generation drops pixels after prefill).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+
+from .configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig
+from .modeling_qwen2_5_vit import HfMmQwen2_5_ViTModel, PatchMerger
+from .mrope import IMAGE, TEXT, VIDEO, mrope_position_ids, wrap_rotary
+
+
+class HfMmQwen2_5_VLPreTrainedModel(PreTrainedModel):
+    config: HfMmQwen2_5_VLConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "video", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """The one place weights are initialised: the towers initialise themselves; the merger's linear layers get
+        N(0, the LM's initializer_range) and zero bias, its RMSNorm unit scale."""
+        std = getattr(self.config.text_config, "initializer_range", 0.02)
+        if isinstance(module, PatchMerger):
+            module.ln_q.weight.fill_(1.0)
+            for layer in (module.mlp[0], module.mlp[2]):
+                layer.weight.normal_(mean=0.0, std=std)
+                layer.bias.zero_()
+        elif not isinstance(module, nn.Linear):
+            super()._init_weights(module)
+
+
+class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
+    def __init__(self, config: HfMmQwen2_5_VLConfig):
+        super().__init__(config)
+        vision = config.vision_config
+        self.vision_tower = HfMmQwen2_5_ViTModel(vision)
+        self.bridge = PatchMerger(vision.hidden_size, vision.out_hidden_size, vision.spatial_merge_size)
+        self.language_model = AutoModel.from_config(config.text_config)
+        wrap_rotary(self.language_model, config.mrope_section)
+        self.rope_deltas: torch.Tensor | None = None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_image_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """(N_patches, C*2*14*14) packed pixels -> (N_patches / 4, D_text) merged features, in the input's order."""
+        return self.bridge(self.vision_tower(pixel_values, grid_thw).last_hidden_state)
+
+    def _scatter(self, embeds, input_ids, token_id: int, features: torch.Tensor, name: str) -> torch.Tensor:
+        mask = input_ids == token_id
+        if int(mask.sum()) != features.shape[0]:
+            raise ValueError(
+                f"Image features and image tokens do not match: {int(mask.sum())} {name} tokens in the text, "
+                f"{features.shape[0]} {name} features from the grids."
+            )
+        return embeds.masked_scatter(mask[..., None], features.to(embeds.dtype))
+
+    def _position_ids(self, input_ids, mm_token_type_ids, attention_mask, grids, length: int, past: int):
+        """(3, B, L) M-RoPE ids: built from the token types at prefill, continued from `rope_deltas` after."""
+        if past == 0 or self.rope_deltas is None:
+            if mm_token_type_ids is None:
+                mm_token_type_ids = torch.full_like(input_ids, TEXT)
+                mm_token_type_ids[input_ids == self.config.image_token_id] = IMAGE
+                mm_token_type_ids[input_ids == self.config.video_token_id] = VIDEO
+            vision = self.config.vision_config
+            ids, self.rope_deltas = mrope_position_ids(
+                mm_token_type_ids, *grids, attention_mask, vision.spatial_merge_size, vision.tokens_per_second
+            )
+            return ids
+        steps = torch.arange(past, past + length, device=self.rope_deltas.device)
+        return (steps[None] + self.rope_deltas).expand(3, -1, -1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
+        if pixel_values is not None:
+            features = self.get_image_features(pixel_values, image_grid_thw)
+            inputs_embeds = self._scatter(inputs_embeds, input_ids, self.config.image_token_id, features, "image")
+        if pixel_values_videos is not None:
+            features = self.get_image_features(pixel_values_videos, video_grid_thw)
+            inputs_embeds = self._scatter(inputs_embeds, input_ids, self.config.video_token_id, features, "video")
+        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        grids = (image_grid_thw, video_grid_thw, second_per_grid_ts)
+        rotary = self.language_model.rotary_emb
+        rotary.position_ids = self._position_ids(
+            input_ids, mm_token_type_ids, attention_mask, grids, inputs_embeds.shape[1], past
+        ).to(inputs_embeds.device)
+        try:
+            outputs = self.language_model(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, past_key_values=past_key_values,
+                use_cache=use_cache, **{**kwargs, "return_dict": True},
+            )  # fmt: skip
+        finally:
+            rotary.position_ids = None
+        return outputs
+
+
+@dataclass
+class HfMmQwen2_5_VLCausalLMOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class HfMmQwen2_5_VLForConditionalGeneration(HfMmQwen2_5_VLPreTrainedModel, GenerationMixin):
+    """`model.{vision_tower, bridge, language_model}` plus `lm_head`, tied to the LM embeddings when the LM ties."""
+
+    def __init__(self, config: HfMmQwen2_5_VLConfig):
+        super().__init__(config)
+        self.model = HfMmQwen2_5_VLModel(config)
+        embedding = self.model.get_input_embeddings()
+        self.lm_head = nn.Linear(embedding.embedding_dim, config.text_config.vocab_size, bias=False)
+        name = next(n for n, m in self.model.language_model.named_modules() if m is embedding)
+        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{name}.weight"}
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        mm_token_type_ids: torch.Tensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> HfMmQwen2_5_VLCausalLMOutput:
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+            image_grid_thw=image_grid_thw, pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
+            second_per_grid_ts=second_per_grid_ts, mm_token_type_ids=mm_token_type_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+        )  # fmt: skip
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(outputs.last_hidden_state[:, keep, :])  # (B, L_keep, V)
+        loss = None
+        if labels is not None:
+            vision = (input_ids == self.config.image_token_id) | (input_ids == self.config.video_token_id)
+            labels = labels.masked_fill(vision, -100)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+        return HfMmQwen2_5_VLCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+
+__all__ = ["HfMmQwen2_5_VLPreTrainedModel", "HfMmQwen2_5_VLModel", "HfMmQwen2_5_VLForConditionalGeneration"]

@@ -1,0 +1,118 @@
+"""hf_mm_qwen2_5_vl: logit parity with transformers' Qwen2_5_VLForConditionalGeneration after import (one image, two
+images of different sizes, a padded batch of 2, a video), generation with and without cache, and config checks."""
+
+import pytest
+import torch
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+from hf_mm.convert.qwen2_5_vl import from_transformers_qwen2_5_vl
+from hf_mm.modeling.qwen2_5_vl import HfMmQwen2_5_ViTConfig
+from hf_mm.modeling.qwen2_5_vl.configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig
+
+IMAGE, VIDEO, START, END = 100, 101, 102, 103
+VISION = dict(
+    depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32, fullatt_block_indexes=[1]
+)
+TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+            vocab_size=128, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    config = Qwen2_5_VLConfig(
+        vision_config=VISION, text_config=TEXT, image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START
+    )
+    reference = Qwen2_5_VLForConditionalGeneration(config).eval()
+    return reference, from_transformers_qwen2_5_vl(reference)
+
+
+def run(grid, token):
+    return [START] + [token] * (int(torch.tensor(grid).prod()) // 4) + [END]
+
+
+def inputs(kind: str) -> dict:
+    generator = torch.Generator().manual_seed(1)
+    if kind == "one_image":
+        grids, rows = [[1, 4, 6]], [[5, 6, *run([1, 4, 6], IMAGE), 7, 8]]
+    elif kind == "two_images":
+        grids, rows = [[1, 4, 6], [1, 8, 4]], [[5, *run([1, 4, 6], IMAGE), 9, *run([1, 8, 4], IMAGE), 7]]
+    elif kind == "padded_batch":
+        long, short = [5, 6, *run([1, 4, 6], IMAGE), 7, 8, 9], [5, *run([1, 2, 2], IMAGE), 7]
+        grids, rows = [[1, 4, 6], [1, 2, 2]], [long, [0] * (len(long) - len(short)) + short]
+    else:  # a 4-frame video (2 temporal patches)
+        grid = [2, 4, 4]
+        ids = torch.tensor([[5, *run(grid, VIDEO), 7, 8]])
+        return {
+            "input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": (ids == VIDEO).long() * 2,
+            "pixel_values_videos": torch.randn(32, 1176, generator=generator), "video_grid_thw": torch.tensor([grid]),
+            "second_per_grid_ts": torch.tensor([1.0]),
+        }  # fmt: skip
+    ids = torch.tensor(rows)
+    mask = torch.ones_like(ids)
+    if kind == "padded_batch":
+        mask[1, : (ids[1] == 0).sum()] = 0
+    n = sum(int(torch.tensor(g).prod()) for g in grids)
+    return {
+        "input_ids": ids, "attention_mask": mask, "mm_token_type_ids": (ids == IMAGE).long(),
+        "pixel_values": torch.randn(n, 1176, generator=generator), "image_grid_thw": torch.tensor(grids),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["one_image", "two_images", "padded_batch", "video"])
+def test_logits_match_the_reference(models, kind):
+    reference, ours = models
+    with torch.no_grad():
+        expected = reference(**inputs(kind)).logits
+        got = ours(**inputs(kind)).logits
+    keep = inputs(kind)["attention_mask"].bool()
+    torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=0)
+
+
+def test_generation_with_and_without_cache_matches_the_reference(models):
+    reference, ours = models
+    batch = inputs("padded_batch")
+    with torch.no_grad():
+        expected = reference.generate(**batch, max_new_tokens=4, do_sample=False)
+        cached = ours.generate(**batch, max_new_tokens=4, do_sample=False)
+        uncached = ours.generate(**batch, max_new_tokens=4, do_sample=False, use_cache=False)
+    assert torch.equal(cached, expected) and torch.equal(uncached, expected)
+
+
+def test_config_checks_name_the_problem():
+    vision = HfMmQwen2_5_ViTConfig(**VISION)
+    text = Qwen2_5_VLConfig(text_config=TEXT).text_config
+    from transformers import GPT2Config, Qwen2Config
+
+    qwen2 = Qwen2Config(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, intermediate_size=64)
+    with pytest.raises(ValueError, match=r"must have 3 entries .* head_dim / 2 = 8"):
+        HfMmQwen2_5_VLConfig(vision_config=vision, text_config=qwen2, mrope_section=[4, 4, 4])
+    with pytest.raises(ValueError, match="no rotary position embeddings"):
+        HfMmQwen2_5_VLConfig(
+            vision_config=vision, text_config=GPT2Config(n_embd=32, n_head=2), mrope_section=[2, 3, 3]
+        )
+    with pytest.raises(ValueError, match="out_hidden_size=32 must equal the LM's hidden_size=64"):
+        HfMmQwen2_5_VLConfig(vision_config=vision, text_config=Qwen2Config(hidden_size=64, num_attention_heads=4),
+                             mrope_section=[2, 3, 3])  # fmt: skip
+    assert text.model_type == "qwen2_5_vl_text"
+
+
+def test_saved_model_and_processor_reload_through_auto_classes(models, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from hf_mm.processing import HfMmQwen2_5_VLImageProcessor, HfMmQwen2_5_VLProcessor, prepare_qwen_tokenizer
+    from hf_mm.testing import tiny_tokenizer
+
+    _, ours = models
+    ours.save_pretrained(tmp_path)
+    processor = HfMmQwen2_5_VLProcessor(
+        image_processor=HfMmQwen2_5_VLImageProcessor(), tokenizer=prepare_qwen_tokenizer(tiny_tokenizer())
+    )
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
+    assert type(reloaded) is type(ours)
+    assert type(AutoProcessor.from_pretrained(tmp_path)) is HfMmQwen2_5_VLProcessor
+    with torch.no_grad():
+        assert torch.equal(reloaded(**inputs("two_images")).logits, ours(**inputs("two_images")).logits)
+    # The M-RoPE wrapper survives the reload (a plain rotary embedding would change the logits).
+    assert type(reloaded.model.language_model.rotary_emb).__name__ == "MultimodalRotaryEmbedding"
