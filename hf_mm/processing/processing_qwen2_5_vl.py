@@ -44,6 +44,24 @@ class HfMmQwen2_5_VLProcessor(ProcessorMixin):
         self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
         super().__init__(image_processor, tokenizer, chat_template=chat_template or tokenizer.chat_template, **kwargs)
 
+    @classmethod
+    def from_vision_text_pretrained(cls, vision_name_or_path: str | None, text_name_or_path: str):
+        """The processor matching `HfMmQwen2_5_VLForConditionalGeneration.from_vision_text_pretrained`: the tower
+        folder's image processor (or the default one) and the LM's tokenizer with the vision tokens added."""
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        from .image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
+
+        images = HfMmQwen2_5_VLImageProcessor()
+        if vision_name_or_path is not None:
+            try:
+                images = AutoImageProcessor.from_pretrained(vision_name_or_path)
+            except OSError:  # a tower saved without its image processor uses the default one
+                pass
+        return cls(
+            image_processor=images, tokenizer=prepare_qwen_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
+        )
+
     def _expand(self, text: list[str], token: str, counts: list[int]) -> list[str]:
         """Each `token` placeholder -> its input's run of `count` tokens, in order across the batch."""
         counts, out = list(counts), []

@@ -116,3 +116,37 @@ def test_saved_model_and_processor_reload_through_auto_classes(models, tmp_path)
         assert torch.equal(reloaded(**inputs("two_images")).logits, ours(**inputs("two_images")).logits)
     # The M-RoPE wrapper survives the reload (a plain rotary embedding would change the logits).
     assert type(reloaded.model.language_model.rotary_emb).__name__ == "MultimodalRotaryEmbedding"
+
+
+def test_composes_a_saved_vit_with_any_rope_lm_and_generates(tmp_path):
+    import PIL.Image
+    from transformers import AutoModelForImageTextToText
+
+    from hf_mm.modeling.qwen2_5_vl import HfMmQwen2_5_ViTModel, HfMmQwen2_5_VLForConditionalGeneration
+    from hf_mm.processing import HfMmQwen2_5_VLImageProcessor, HfMmQwen2_5_VLProcessor
+    from hf_mm.testing import save_tiny_causal_lm
+
+    tower = HfMmQwen2_5_ViTModel(HfMmQwen2_5_ViTConfig(**VISION))
+    tower.save_pretrained(tmp_path / "vit")
+    HfMmQwen2_5_VLImageProcessor(size={"shortest_edge": 3136, "longest_edge": 20_000}).save_pretrained(
+        tmp_path / "vit"
+    )
+    for kind in ("llama", "qwen2"):
+        text = save_tiny_causal_lm(tmp_path / kind, kind)
+        model = HfMmQwen2_5_VLForConditionalGeneration.from_vision_text_pretrained(str(tmp_path / "vit"), text)
+        processor = HfMmQwen2_5_VLProcessor.from_vision_text_pretrained(str(tmp_path / "vit"), text)
+        assert processor.image_processor.size["longest_edge"] == 20_000
+        end = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+        assert end in model.generation_config.eos_token_id  # chat answers stop at the end of the turn
+        assert torch.equal(model.model.vision_tower.blocks[0].attn.qkv.weight, tower.blocks[0].attn.qkv.weight)
+        chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"}]}]
+        prompt = processor.apply_chat_template(chat, add_generation_prompt=True)
+        batch = processor(images=[PIL.Image.new("RGB", (90, 60), "red")], text=[prompt], return_tensors="pt")
+        with torch.no_grad():
+            cached = model.generate(**batch, max_new_tokens=3, do_sample=False)
+            uncached = model.generate(**batch, max_new_tokens=3, do_sample=False, use_cache=False)
+        assert torch.equal(cached, uncached) and cached.shape[1] == batch["input_ids"].shape[1] + 3
+        model.save_pretrained(tmp_path / f"vlm-{kind}")
+        reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / f"vlm-{kind}").eval()
+        with torch.no_grad():
+            assert torch.equal(reloaded(**batch).logits, model(**batch).logits)

@@ -13,11 +13,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
-from .configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig
+from ...processing.processing_qwen2_5_vl import prepare_qwen_tokenizer
+from ...processing.tokenization import end_of_turn_ids
+from ..towers import load_causal_lm, split_causal_lm
+from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
+from .configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig, text_head_dim
 from .modeling_qwen2_5_vit import HfMmQwen2_5_ViTModel, PatchMerger
 from .mrope import IMAGE, TEXT, VIDEO, mrope_position_ids, wrap_rotary
 
@@ -150,6 +154,45 @@ class HfMmQwen2_5_VLForConditionalGeneration(HfMmQwen2_5_VLPreTrainedModel, Gene
         name = next(n for n, m in self.model.language_model.named_modules() if m is embedding)
         self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{name}.weight"}
         self.post_init()
+
+    @classmethod
+    def from_vision_text_pretrained(
+        cls, vision_name_or_path: str | None, text_name_or_path: str, vision_config=None, dtype=None, **config_kwargs
+    ) -> "HfMmQwen2_5_VLForConditionalGeneration":
+        """Compose a saved `hf_mm_qwen2_5_vit` (or a fresh one from `vision_config`, when the path is None) with any
+        pretrained RoPE causal LM; the merger (bridge) is new. `mrope_section` defaults to Qwen's 1/4 : 3/8 : 3/8
+        split of the LM's head_dim / 2. Pair with `HfMmQwen2_5_VLProcessor.from_vision_text_pretrained`."""
+        load = {} if dtype is None else {"dtype": dtype}
+        causal_lm = load_causal_lm(text_name_or_path, **load)
+        tokenizer = prepare_qwen_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
+        if len(tokenizer) > causal_lm.get_input_embeddings().num_embeddings:
+            causal_lm.resize_token_embeddings(len(tokenizer))
+        width = causal_lm.config.hidden_size
+        if vision_name_or_path is not None:
+            tower = HfMmQwen2_5_ViTModel.from_pretrained(vision_name_or_path, **load)
+        else:
+            tower = HfMmQwen2_5_ViTModel(vision_config or HfMmQwen2_5_ViTConfig(out_hidden_size=width))
+        tower.config.out_hidden_size = width  # the merger is new: it projects into this LM
+        half = text_head_dim(causal_lm.config) // 2
+        section = config_kwargs.pop(
+            "mrope_section", [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+        )
+        ids = {f"{k}_token_id": tokenizer.convert_tokens_to_ids(t) for k, t in (("image", "<|image_pad|>"), ("video", "<|video_pad|>"), ("vision_start", "<|vision_start|>"))}  # fmt: skip
+        config = HfMmQwen2_5_VLConfig(vision_config=tower.config, text_config=causal_lm.config, mrope_section=section, **ids, **config_kwargs)  # fmt: skip
+        with torch.device("meta"):
+            model = cls(config)
+        language_model, model.lm_head = split_causal_lm(causal_lm)
+        wrap_rotary(language_model, config.mrope_section)
+        model.model.vision_tower, model.model.language_model = tower, language_model
+        vision = config.vision_config
+        model.model.bridge = PatchMerger(vision.hidden_size, width, vision.spatial_merge_size)
+        model._init_weights(model.model.bridge)
+        model.model.bridge.to(device=language_model.device, dtype=language_model.dtype)
+        model.generation_config = causal_lm.generation_config
+        eos = model.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        model.generation_config.eos_token_id = eos + [i for i in end_of_turn_ids(tokenizer) if i not in eos] or None
+        return model.eval()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()
