@@ -150,3 +150,20 @@ def test_composes_a_saved_vit_with_any_rope_lm_and_generates(tmp_path):
         reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path / f"vlm-{kind}").eval()
         with torch.no_grad():
             assert torch.equal(reloaded(**batch).logits, model(**batch).logits)
+
+
+@pytest.mark.parametrize("original_format", [True, False], ids=["legacy_visual_keys", "model_visual_keys"])
+def test_imports_checkpoints_saved_in_either_key_layout(models, tmp_path, original_format):
+    from safetensors import safe_open
+
+    reference, ours = models
+    reference.save_pretrained(tmp_path, save_original_format=original_format)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        prefixes = {".".join(k.split(".")[:2]) for k in f.keys()}
+    if original_format:  # Qwen's own layout
+        assert {"visual.blocks", "model.layers"} <= prefixes
+    else:
+        assert {"model.visual", "model.language_model"} <= prefixes
+    imported = from_transformers_qwen2_5_vl(tmp_path)
+    with torch.no_grad():
+        assert torch.equal(imported(**inputs("video")).logits, ours(**inputs("video")).logits)
