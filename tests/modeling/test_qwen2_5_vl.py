@@ -69,9 +69,10 @@ def test_logits_match_the_reference(models, kind):
     torch.testing.assert_close(got[keep], expected[keep], atol=1e-5, rtol=0)
 
 
-def test_generation_with_and_without_cache_matches_the_reference(models):
+@pytest.mark.parametrize("kind", ["padded_batch", "video"])
+def test_generation_with_and_without_cache_matches_the_reference(models, kind):
     reference, ours = models
-    batch = inputs("padded_batch")
+    batch = inputs(kind)
     with torch.no_grad():
         expected = reference.generate(**batch, max_new_tokens=4, do_sample=False)
         cached = ours.generate(**batch, max_new_tokens=4, do_sample=False)
