@@ -168,3 +168,14 @@ def test_imports_checkpoints_saved_in_either_key_layout(models, tmp_path, origin
     imported = from_transformers_qwen2_5_vl(tmp_path)
     with torch.no_grad():
         assert torch.equal(imported(**inputs("video")).logits, ours(**inputs("video")).logits)
+
+
+def test_composes_a_fresh_vit_from_a_config_when_no_tower_is_given(tmp_path):
+    from hf_mm.modeling.qwen2_5_vl import HfMmQwen2_5_VLForConditionalGeneration
+    from hf_mm.testing import save_tiny_causal_lm
+
+    text = save_tiny_causal_lm(tmp_path / "qwen2", "qwen2")
+    vision = HfMmQwen2_5_ViTConfig(**{**VISION, "depth": 1, "fullatt_block_indexes": [0]})
+    model = HfMmQwen2_5_VLForConditionalGeneration.from_vision_text_pretrained(None, text, vision_config=vision)
+    assert model.config.vision_config.depth == 1 and model.config.vision_config.out_hidden_size == 32
+    assert model.model.bridge.mlp[2].out_features == model.config.text_config.hidden_size
