@@ -9,11 +9,13 @@ strict: a key that does not map fails instead of being dropped.
 
 import os
 
-from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Config
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2Config
 
 from ..modeling.qwen2_5_vl import HfMmQwen2_5_ViTConfig
 from ..modeling.qwen2_5_vl.configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig
 from ..modeling.qwen2_5_vl.modeling_qwen2_5_vl import HfMmQwen2_5_VLForConditionalGeneration
+from ..processing.image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
+from ..processing.processing_qwen2_5_vl import HfMmQwen2_5_VLProcessor, prepare_qwen_tokenizer
 
 _RENAMES = (("model.visual.merger.", "model.bridge."), ("model.visual.", "model.vision_tower."))
 _VISION_FIELDS = (
@@ -56,10 +58,15 @@ def convert_config(source) -> HfMmQwen2_5_VLConfig:
     )
 
 
-def from_transformers_qwen2_5_vl(model_or_path):
-    """HfMmQwen2_5_VLForConditionalGeneration from a transformers Qwen2_5_VLForConditionalGeneration or its folder."""
+def from_transformers_qwen2_5_vl(model_or_path, processor=None):
+    """(HfMmQwen2_5_VLForConditionalGeneration, HfMmQwen2_5_VLProcessor | None) from transformers' model or folder.
+
+    With a path, the processor is built from the folder too: its tokenizer (Qwen's already has the vision tokens and
+    chat template) and hf_mm's PIL image processor with the folder's sizes (transformers' needs torchvision).
+    """
     if isinstance(model_or_path, (str, os.PathLike)):
         source = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_or_path)
+        processor = processor or _load_processor(model_or_path)
     elif isinstance(model_or_path, Qwen2_5_VLForConditionalGeneration):
         source = model_or_path
     else:
@@ -70,7 +77,19 @@ def from_transformers_qwen2_5_vl(model_or_path):
     model = HfMmQwen2_5_VLForConditionalGeneration(convert_config(source.config)).to(source.dtype)
     model.load_state_dict({_rename(k): v for k, v in source.state_dict().items()}, strict=True)
     model.generation_config = source.generation_config
-    return model.eval()
+    return model.eval(), processor
+
+
+def _load_processor(path) -> HfMmQwen2_5_VLProcessor | None:
+    try:
+        tokenizer = prepare_qwen_tokenizer(AutoTokenizer.from_pretrained(path))
+    except OSError:  # a model folder without a tokenizer
+        return None
+    try:
+        images = HfMmQwen2_5_VLImageProcessor.from_pretrained(path)
+    except OSError:
+        images = HfMmQwen2_5_VLImageProcessor()
+    return HfMmQwen2_5_VLProcessor(image_processor=images, tokenizer=tokenizer)
 
 
 __all__ = ["convert_config", "from_transformers_qwen2_5_vl"]

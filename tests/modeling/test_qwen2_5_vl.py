@@ -24,7 +24,7 @@ def models():
         vision_config=VISION, text_config=TEXT, image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=START
     )
     reference = Qwen2_5_VLForConditionalGeneration(config).eval()
-    return reference, from_transformers_qwen2_5_vl(reference)
+    return reference, from_transformers_qwen2_5_vl(reference)[0]
 
 
 def run(grid, token):
@@ -165,7 +165,7 @@ def test_imports_checkpoints_saved_in_either_key_layout(models, tmp_path, origin
         assert {"visual.blocks", "model.layers"} <= prefixes
     else:
         assert {"model.visual", "model.language_model"} <= prefixes
-    imported = from_transformers_qwen2_5_vl(tmp_path)
+    imported, _ = from_transformers_qwen2_5_vl(tmp_path)
     with torch.no_grad():
         assert torch.equal(imported(**inputs("video")).logits, ours(**inputs("video")).logits)
 
@@ -179,3 +179,22 @@ def test_composes_a_fresh_vit_from_a_config_when_no_tower_is_given(tmp_path):
     model = HfMmQwen2_5_VLForConditionalGeneration.from_vision_text_pretrained(None, text, vision_config=vision)
     assert model.config.vision_config.depth == 1 and model.config.vision_config.out_hidden_size == 32
     assert model.model.bridge.mlp[2].out_features == model.config.text_config.hidden_size
+
+
+def test_a_folder_with_a_tokenizer_imports_with_its_processor(models, tmp_path):
+    import PIL.Image
+
+    from hf_mm.processing import HfMmQwen2_5_VLImageProcessor, prepare_qwen_tokenizer
+    from hf_mm.testing import tiny_tokenizer
+
+    reference, _ = models
+    reference.save_pretrained(tmp_path)
+    prepare_qwen_tokenizer(tiny_tokenizer()).save_pretrained(tmp_path)
+    HfMmQwen2_5_VLImageProcessor(size={"shortest_edge": 3136, "longest_edge": 30_000}).save_pretrained(tmp_path)
+    model, processor = from_transformers_qwen2_5_vl(tmp_path)
+    assert processor.image_processor.size["longest_edge"] == 30_000
+    chat = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    batch = processor(
+        images=[PIL.Image.new("RGB", (80, 60))], text=[processor.apply_chat_template(chat)], return_tensors="pt"
+    )
+    assert int((batch["input_ids"] == processor.image_token_id).sum()) == int(batch["image_grid_thw"].prod()) // 4
