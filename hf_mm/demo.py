@@ -203,7 +203,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     preset, out, start = PRESETS[args.preset], Path(args.output_dir), time.perf_counter()
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     vision, text = build_towers(out / "towers", preset)
     model = HfMmLlavaForConditionalGeneration.from_vision_text_pretrained(

@@ -64,6 +64,16 @@ def load_causal_lm(name_or_path: str, **load_kwargs) -> PreTrainedModel:
     return AutoModelForCausalLM.from_pretrained(name_or_path, **load_kwargs)
 
 
+def embedding_weight_name(language_model: PreTrainedModel) -> str:
+    """The input embedding's weight name inside `language_model` (embed_tokens, wte, decoder.embed_tokens ...),
+    for `_tied_weights_keys`."""
+    embedding = language_model.get_input_embeddings()
+    for name, module in language_model.named_modules():
+        if module is embedding:
+            return f"{name}.weight"
+    raise ValueError("The language model's input embedding is not one of its submodules.")
+
+
 def split_causal_lm(causal_lm: PreTrainedModel):
     """(decoder, lm_head) of a causal LM. A head with a bias would be lost by hf_mm's bias-free head, so refuse it."""
     lm_head = causal_lm.get_output_embeddings()
@@ -82,4 +92,5 @@ __all__ = [
     "load_text_tower",
     "load_causal_lm",
     "split_causal_lm",
+    "embedding_weight_name",
 ]

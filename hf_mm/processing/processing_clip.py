@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 
-from .processing_llava import check_image_types
+from .inputs import check_image_types
 
 
 class HfMmClipProcessor(ProcessorMixin):

@@ -16,34 +16,13 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-import PIL.Image
-import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, ProcessorMixin
 from transformers.image_utils import get_image_size, to_numpy_array
 
 from ..modeling.llava.configuration_llava import HfMmLlavaConfig
 from ..modeling.towers import load_vision_config
+from .inputs import check_image_types
 from .tokenization import IMAGE_TOKEN, default_chat_template, prepare_tokenizer
-
-_IMAGE_TYPES = (PIL.Image.Image, np.ndarray, torch.Tensor)
-
-
-def _flatten_images(images) -> list:
-    """Nested lists of images (one list per sample) -> a flat list; anything else is returned as a one-list."""
-    if isinstance(images, (list, tuple)):
-        return [image for item in images for image in _flatten_images(item)]
-    return [images]
-
-
-def check_image_types(images) -> None:
-    """Refuse anything but PIL images, arrays and tensors, before transformers opens strings as paths or URLs."""
-    for index, image in enumerate(_flatten_images(images) if images is not None else []):
-        if not isinstance(image, _IMAGE_TYPES):
-            raise TypeError(
-                f"images[{index}] is a {type(image).__name__}; expected a PIL.Image.Image, numpy array or "
-                "torch tensor. Open files with PIL.Image.open(path).convert('RGB') first."
-            )
 
 
 class HfMmLlavaProcessor(ProcessorMixin):

@@ -11,9 +11,10 @@ that would lose placeholders raises, naming it.
 from __future__ import annotations
 
 import numpy as np
-from transformers import BatchFeature, ProcessorMixin
+from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 
-from .processing_llava import check_image_types
+from .image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
+from .inputs import check_image_types
 from .tokenization import CHATML_TOKENS, resources_template
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -48,10 +49,6 @@ class HfMmQwen2_5_VLProcessor(ProcessorMixin):
     def from_vision_text_pretrained(cls, vision_name_or_path: str | None, text_name_or_path: str):
         """The processor matching `HfMmQwen2_5_VLForConditionalGeneration.from_vision_text_pretrained`: the tower
         folder's image processor (or the default one) and the LM's tokenizer with the vision tokens added."""
-        from transformers import AutoImageProcessor, AutoTokenizer
-
-        from .image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
-
         images = HfMmQwen2_5_VLImageProcessor()
         if vision_name_or_path is not None:
             try:

@@ -49,4 +49,18 @@ def end_of_turn_ids(tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(end)] if end in template and end in tokenizer.get_vocab() else []
 
 
-__all__ = ["IMAGE_TOKEN", "CHATML_TOKENS", "default_chat_template", "prepare_tokenizer", "end_of_turn_ids"]
+def stop_at_end_of_turn(generation_config, tokenizer) -> None:
+    """Add the chat template's end-of-turn tokens to `generation_config.eos_token_id`, in place."""
+    eos = generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    generation_config.eos_token_id = eos + [i for i in end_of_turn_ids(tokenizer) if i not in eos] or None
+
+
+__all__ = [
+    "stop_at_end_of_turn",
+    "IMAGE_TOKEN",
+    "CHATML_TOKENS",
+    "default_chat_template",
+    "prepare_tokenizer",
+    "end_of_turn_ids",
+]

@@ -25,7 +25,13 @@ from trl.data_utils import prepare_multimodal_messages
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+OVERLONG = ("drop", "error")
 SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels", "token_type_ids", "mm_token_type_ids")
+
+
+def check_overlong(overlong: str) -> None:
+    if overlong not in OVERLONG:
+        raise ValueError(f"overlong={overlong!r} is not one of 'drop' (count and skip) or 'error' (strict).")
 
 
 def _images_of(example: dict) -> list:
@@ -45,8 +51,7 @@ class VisionSFTCollator:
     dropped: int = 0
 
     def __post_init__(self):
-        if self.overlong not in ("drop", "error"):
-            raise ValueError(f"overlong={self.overlong!r} is not one of 'drop' (count and skip) or 'error' (strict).")
+        check_overlong(self.overlong)
         self.tokenizer = self.processor.tokenizer
         self.image_token_id = self.processor.image_token_id
 

@@ -12,13 +12,14 @@ image tower, as in LiT); `use_peft` puts LoRA on the text tower, and `lora_visio
 
 import dataclasses
 
+from datasets import Dataset, load_dataset, load_from_disk
 from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments
 from trl import ModelConfig, TrlParser
 
 from ..data.captions import digit_pairs
 from ..modeling.clip import HfMmClipModel
 from ..processing import HfMmClipProcessor
-from .setup import RoleOptimizerMixin, prepare_model
+from .setup import RoleOptimizerMixin, prepare_model, resolve_stage
 from .stages import RoleSettings, get_stage
 
 
@@ -71,6 +72,9 @@ class ContrastiveArguments:
     loss_type: str = dataclasses.field(default="infonce", metadata={"help": "infonce (CLIP) or sigmoid (SigLIP)."})
     stage: str = dataclasses.field(default="full", metadata={"help": "full | lit | align (projections only)."})
     lora_vision: bool = dataclasses.field(default=False, metadata={"help": "With use_peft, LoRA on the image tower."})
+    vision_lr: float | None = dataclasses.field(default=None, metadata={"help": "Image tower LR (else base LR)."})
+    text_lr: float | None = dataclasses.field(default=None, metadata={"help": "Text tower LR (else base LR)."})
+    bridge_lr: float | None = dataclasses.field(default=None, metadata={"help": "Projections LR (else base LR)."})
     dataset_format: str = dataclasses.field(default="digits", metadata={"help": "digits | disk | hub."})
     dataset_name: str | None = dataclasses.field(default=None, metadata={"help": "Saved folder or Hub id."})
     digits_train_pairs: int = dataclasses.field(default=20000, metadata={"help": "Pairs for dataset_format=digits."})
@@ -91,8 +95,6 @@ def load_model_and_processor(args: ContrastiveArguments, model_args: ModelConfig
 
 
 def load_dataset_for(args: ContrastiveArguments):
-    from datasets import Dataset, load_dataset, load_from_disk
-
     if args.dataset_format == "digits":
         return Dataset.from_list(digit_pairs(args.digits_train_pairs))
     if args.dataset_format == "disk":
@@ -108,11 +110,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # Model
     model, processor = load_model_and_processor(args, model_args)
-    stage = dict(get_stage(args.stage))
-    if model_args.use_peft:
-        stage["text"] = dataclasses.replace(stage["text"], lora=stage["text"].trainable)
-        if args.lora_vision:
-            stage["vision"] = RoleSettings(trainable=True, lora=True)
+    stage = resolve_stage(args, model_args.use_peft)
     model = prepare_model(model, stage, model_args)
 
     # Dataset

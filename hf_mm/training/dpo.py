@@ -19,7 +19,7 @@ import torch
 from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-from .collators import DroppedSamplesCallback
+from .collators import DroppedSamplesCallback, check_overlong
 from .data_args import DataArguments, load_train_eval
 from .setup import (
     HfMmArguments,
@@ -41,6 +41,9 @@ class VisionPreferenceCollator(DataCollatorForVisionPreference):
 
     overlong: str = "drop"
     dropped: int = 0
+
+    def __post_init__(self):
+        check_overlong(self.overlong)
 
     def torch_call(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         limit, self.max_length = self.max_length, None  # collate uncut, then judge each pair's full length
@@ -82,8 +85,6 @@ class HfMmDPOTrainer(RoleOptimizerMixin, DPOTrainer):
         **kwargs,
     ):
         self.stage = get_stage(stage)
-        if overlong not in ("drop", "error"):
-            raise ValueError(f"overlong={overlong!r} is not one of 'drop' (count and skip) or 'error' (strict).")
         self.collator = VisionPreferenceCollator(processing_class, max_length=args.max_length, overlong=overlong)
         if ref_model is None and not hasattr(model, "peft_config"):
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)

@@ -21,6 +21,7 @@ from trl import ModelConfig, get_quantization_config
 
 from ..modeling.llava import HfMmLlavaForConditionalGeneration
 from ..processing import HfMmLlavaProcessor
+from .roles import ROLES
 from .stages import RoleSettings, apply_stage, get_stage, lora_target_modules, modules_to_save, param_groups
 
 
@@ -86,11 +87,12 @@ def save_composed_base(model, processor, training_args) -> None:
     model.name_or_path = model.config._name_or_path = base
 
 
-def resolve_stage(hf_args: HfMmArguments, use_peft: bool) -> dict[str, RoleSettings]:
-    """The stage preset with the per-role learning rates and, under `use_peft`, LoRA on the trainable LLM roles."""
+def resolve_stage(hf_args, use_peft: bool) -> dict[str, RoleSettings]:
+    """The stage preset with the per-role learning rates (`<role>_lr` fields of `hf_args`) and, under `use_peft`,
+    LoRA on the trainable LLM / text roles (and the vision tower with `lora_vision`)."""
     stage = dict(get_stage(hf_args.stage))
-    lrs = {"vision": hf_args.vision_lr, "bridge": hf_args.bridge_lr, "llm": hf_args.llm_lr}
-    for role, lr in lrs.items():
+    for role in ROLES:
+        lr = getattr(hf_args, f"{role}_lr", None)
         if lr is not None:
             stage[role] = dataclasses.replace(stage[role], lr=lr)
     if use_peft:

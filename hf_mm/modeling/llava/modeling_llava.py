@@ -19,9 +19,9 @@ from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedMo
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
-from ...processing.tokenization import IMAGE_TOKEN, end_of_turn_ids, prepare_tokenizer
+from ...processing.tokenization import IMAGE_TOKEN, prepare_tokenizer, stop_at_end_of_turn
 from ..bridges import build_bridge
-from ..towers import load_causal_lm, load_vision_tower, split_causal_lm
+from ..towers import embedding_weight_name, load_causal_lm, load_vision_tower, split_causal_lm
 from .configuration_llava import HfMmLlavaConfig
 
 
@@ -202,7 +202,9 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
         embed_dim = self.model.get_input_embeddings().embedding_dim
         self.lm_head = nn.Linear(embed_dim, config.text_config.vocab_size, bias=False)
         # The embedding's parameter name depends on the LM (embed_tokens, wte, decoder.embed_tokens ...).
-        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{self._embedding_param_name()}"}
+        self._tied_weights_keys = {
+            "lm_head.weight": f"model.language_model.{embedding_weight_name(self.model.language_model)}"
+        }
         self.post_init()
 
     @classmethod
@@ -250,9 +252,7 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
         model.model.language_model, model.lm_head = split_causal_lm(causal_lm)
         model.model.bridge = model._new_bridge(device=next(vision_tower.parameters()).device)
         model.generation_config = causal_lm.generation_config
-        eos = model.generation_config.eos_token_id
-        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        model.generation_config.eos_token_id = eos + [i for i in end_of_turn_ids(tokenizer) if i not in eos] or None
+        stop_at_end_of_turn(model.generation_config, tokenizer)
         if getattr(causal_lm, "hf_quantizer", None) is not None:
             model.hf_quantizer = causal_lm.hf_quantizer
             # The flags the quantizer set on the LM (read by PEFT's prepare_model_for_kbit_training and Trainer).
@@ -267,13 +267,6 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
         bridge = bridge_from_config(self.config)
         bridge.apply(self._init_weights)
         return bridge.to(device=device, dtype=self.model.get_input_embeddings().weight.dtype)
-
-    def _embedding_param_name(self) -> str:
-        embedding = self.model.get_input_embeddings()
-        for name, module in self.model.language_model.named_modules():
-            if module is embedding:
-                return f"{name}.weight"
-        raise ValueError("The language model's input embedding is not one of its submodules.")
 
     def get_input_embeddings(self) -> nn.Module:
         return self.model.get_input_embeddings()

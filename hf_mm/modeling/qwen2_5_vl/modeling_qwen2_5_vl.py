@@ -18,8 +18,8 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
 from ...processing.processing_qwen2_5_vl import prepare_qwen_tokenizer
-from ...processing.tokenization import end_of_turn_ids
-from ..towers import load_causal_lm, split_causal_lm
+from ...processing.tokenization import stop_at_end_of_turn
+from ..towers import embedding_weight_name, load_causal_lm, split_causal_lm
 from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
 from .configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig, text_head_dim
 from .modeling_qwen2_5_vit import HfMmQwen2_5_ViTModel, PatchMerger
@@ -149,10 +149,10 @@ class HfMmQwen2_5_VLForConditionalGeneration(HfMmQwen2_5_VLPreTrainedModel, Gene
     def __init__(self, config: HfMmQwen2_5_VLConfig):
         super().__init__(config)
         self.model = HfMmQwen2_5_VLModel(config)
-        embedding = self.model.get_input_embeddings()
-        self.lm_head = nn.Linear(embedding.embedding_dim, config.text_config.vocab_size, bias=False)
-        name = next(n for n, m in self.model.language_model.named_modules() if m is embedding)
-        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{name}.weight"}
+        width = self.model.get_input_embeddings().embedding_dim
+        self.lm_head = nn.Linear(width, config.text_config.vocab_size, bias=False)
+        name = embedding_weight_name(self.model.language_model)
+        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{name}"}
         self.post_init()
 
     @classmethod
@@ -189,9 +189,7 @@ class HfMmQwen2_5_VLForConditionalGeneration(HfMmQwen2_5_VLPreTrainedModel, Gene
         model._init_weights(model.model.bridge)
         model.model.bridge.to(device=language_model.device, dtype=language_model.dtype)
         model.generation_config = causal_lm.generation_config
-        eos = model.generation_config.eos_token_id
-        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        model.generation_config.eos_token_id = eos + [i for i in end_of_turn_ids(tokenizer) if i not in eos] or None
+        stop_at_end_of_turn(model.generation_config, tokenizer)
         return model.eval()
 
     def get_input_embeddings(self) -> nn.Module:
