@@ -15,6 +15,7 @@ from transformers import (
     AutoProcessor,
 )
 
+from .modeling.blip2 import HfMmBlip2Config, HfMmBlip2ForConditionalGeneration, HfMmBlip2Model
 from .modeling.clip import HfMmClipConfig, HfMmClipModel
 from .modeling.llava import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, HfMmLlavaModel
 from .modeling.qwen2_5_vl import (
@@ -25,6 +26,7 @@ from .modeling.qwen2_5_vl import (
     HfMmQwen2_5_VLModel,
 )
 from .processing.image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
+from .processing.processing_blip2 import HfMmBlip2Processor
 from .processing.processing_clip import HfMmClipProcessor
 from .processing.processing_llava import HfMmLlavaProcessor
 from .processing.processing_qwen2_5_vl import HfMmQwen2_5_VLProcessor
@@ -78,3 +80,16 @@ def _register_qwen2_5_vl() -> None:
 
 
 _register_qwen2_5_vl()
+
+
+def _register_blip2() -> None:
+    # Stage 2 is what Auto* loads. A stage-1 checkpoint (HfMmBlip2ForImageTextRetrieval) shares the model_type and
+    # loads through its own class; transformers has no Auto class for image-text retrieval.
+    AutoConfig.register(HfMmBlip2Config.model_type, HfMmBlip2Config, exist_ok=True)
+    AutoModel.register(HfMmBlip2Config, HfMmBlip2Model, exist_ok=True)
+    AutoModelForImageTextToText.register(HfMmBlip2Config, HfMmBlip2ForConditionalGeneration, exist_ok=True)
+    AutoModelForCausalLM.register(HfMmBlip2Config, HfMmBlip2ForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(HfMmBlip2Config, HfMmBlip2Processor, exist_ok=True)
+
+
+_register_blip2()

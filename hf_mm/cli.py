@@ -3,19 +3,19 @@
 hf-mm sft --config recipes/llava15_instruct.yaml [--field value ...]   supervised fine-tuning (TRL SFTTrainer)
 hf-mm dpo --config recipes/dpo.yaml [--field value ...]                preference tuning (TRL DPOTrainer)
 hf-mm demo [--quick]                                                   the learning demo (align, then instruct)
-hf-mm convert llava SRC DST                                            import a transformers Llava checkpoint
+hf-mm convert llava|blip2|clip|siglip|qwen2_5_vl SRC DST              import a transformers checkpoint
 """
 
 import argparse
 import sys
 
-CONVERTERS = ("llava",)
+CONVERTERS = ("llava", "blip2", "clip", "siglip", "qwen2_5_vl")
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from .convert import from_transformers_llava
+    from . import convert
 
-    model, processor = from_transformers_llava(args.src)
+    model, processor = getattr(convert, f"from_transformers_{args.family}")(args.src)
     model.save_pretrained(args.dst)
     if processor is not None:
         processor.save_pretrained(args.dst)

@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
+    Blip2QFormerConfig,
     CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
@@ -30,8 +31,9 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
+from .modeling.blip2 import HfMmBlip2Config
 from .modeling.llava import HfMmLlavaConfig
-from .processing import HfMmLlavaProcessor, prepare_tokenizer
+from .processing import HfMmBlip2Processor, HfMmLlavaProcessor, prepare_tokenizer
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -137,6 +139,38 @@ def tiny_llava_processor(config: HfMmLlavaConfig, vision: str = "clip") -> HfMmL
     return HfMmLlavaProcessor.from_llava_config(config, tiny_image_processor(vision), tokenizer)
 
 
+def tiny_qformer_config(instruction_aware: bool = False, **kwargs) -> Blip2QFormerConfig:
+    """A 2-layer, 32-wide Q-Former (cross-attention in layer 0 only) over the tiny tokenizer's vocabulary."""
+    settings = dict(
+        vocab_size=len(tiny_tokenizer()), hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128, cross_attention_frequency=2, pad_token_id=PAD_ID,
+        use_qformer_text_input=instruction_aware,
+    )  # fmt: skip
+    return Blip2QFormerConfig(**{**settings, **kwargs})
+
+
+def tiny_blip2_config(
+    vision: str = "clip", text: str = "llama", num_query_tokens: int = 4, instruction_aware: bool = False, **kwargs
+) -> HfMmBlip2Config:
+    """A tiny HfMmBlip2Config whose `image_token_id` matches `tiny_blip2_processor`'s tokenizer."""
+    tokenizer = prepare_tokenizer(tiny_tokenizer())
+    kwargs.setdefault("qformer_config", tiny_qformer_config(instruction_aware))
+    return HfMmBlip2Config(
+        vision_config=tiny_vision_config(vision),
+        text_config=tiny_text_config(text),
+        num_query_tokens=num_query_tokens,
+        image_text_hidden_size=HIDDEN,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        **kwargs,
+    )
+
+
+def tiny_blip2_processor(config: HfMmBlip2Config, vision: str = "clip") -> HfMmBlip2Processor:
+    """The processor matching a tiny BLIP-2 config; the Q-Former reads the plain tiny tokenizer."""
+    tokenizer = prepare_tokenizer(tiny_tokenizer())
+    return HfMmBlip2Processor.from_blip2_config(config, tiny_image_processor(vision), tokenizer, tiny_tokenizer())
+
+
 def random_images(n: int, seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[PIL.Image.Image]:
     """`n` random RGB images (height, width = size) from a seeded generator."""
     rng = np.random.default_rng(seed)
@@ -180,6 +214,9 @@ __all__ = [
     "tiny_tokenizer",
     "tiny_llava_config",
     "tiny_llava_processor",
+    "tiny_qformer_config",
+    "tiny_blip2_config",
+    "tiny_blip2_processor",
     "random_images",
     "save_tiny_vision_tower",
     "save_tiny_dual_encoder",

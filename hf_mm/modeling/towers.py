@@ -5,10 +5,13 @@ causal LM, split into its bare decoder and its output head. Shared by every fami
 from __future__ import annotations
 
 from transformers import (
+    MODEL_FOR_CAUSAL_LM_MAPPING,
     MODEL_MAPPING,
     AutoConfig,
     AutoModel,
     AutoModelForCausalLM,
+    Blip2VisionConfig,
+    Blip2VisionModel,
     PreTrainedConfig,
     PreTrainedModel,
     SiglipTextConfig,
@@ -17,7 +20,7 @@ from transformers import (
 
 # Towers transformers does not map in AutoModel (5.23), listed here instead of registering transformers' own
 # classes in its global registry.
-_UNMAPPED_TOWERS = {SiglipTextConfig: SiglipTextModel}
+_UNMAPPED_TOWERS = {SiglipTextConfig: SiglipTextModel, Blip2VisionConfig: Blip2VisionModel}
 
 
 def is_buildable_tower(config: PreTrainedConfig) -> bool:
@@ -46,7 +49,8 @@ def load_vision_tower(name_or_path: str, **load_kwargs) -> PreTrainedModel:
     ignores the text half.
     """
     vision_config = load_vision_config(name_or_path)
-    return AutoModel.from_pretrained(name_or_path, config=vision_config, **load_kwargs)
+    cls = _UNMAPPED_TOWERS.get(type(vision_config), AutoModel)
+    return cls.from_pretrained(name_or_path, config=vision_config, **load_kwargs)
 
 
 def load_text_tower(name_or_path: str, **load_kwargs) -> PreTrainedModel:
@@ -62,6 +66,16 @@ def load_text_tower(name_or_path: str, **load_kwargs) -> PreTrainedModel:
 def load_causal_lm(name_or_path: str, **load_kwargs) -> PreTrainedModel:
     """Any AutoModelForCausalLM checkpoint; callers take `.base_model` (the decoder) and `get_output_embeddings()`."""
     return AutoModelForCausalLM.from_pretrained(name_or_path, **load_kwargs)
+
+
+def check_text_config(text_config: PreTrainedConfig) -> None:
+    """A causal LM that AutoModelForCausalLM can build, and not one of our own composite models."""
+    model_type = getattr(text_config, "model_type", "")
+    if type(text_config) not in MODEL_FOR_CAUSAL_LM_MAPPING or model_type.startswith("hf_mm_"):
+        raise ValueError(
+            f"text_config must be a causal LM config (e.g. llama, qwen2, gpt2, opt); got model_type={model_type!r}. "
+            "Any model that AutoModelForCausalLM can build works."
+        )
 
 
 def embedding_weight_name(language_model: PreTrainedModel) -> str:
@@ -93,4 +107,5 @@ __all__ = [
     "load_causal_lm",
     "split_causal_lm",
     "embedding_weight_name",
+    "check_text_config",
 ]

@@ -1,10 +1,12 @@
 from .image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
+from .processing_blip2 import HfMmBlip2Processor
 from .processing_clip import HfMmClipProcessor
 from .processing_llava import HfMmLlavaProcessor
 from .processing_qwen2_5_vl import HfMmQwen2_5_VLProcessor, prepare_qwen_tokenizer
 from .tokenization import IMAGE_TOKEN, default_chat_template, prepare_tokenizer
 
 __all__ = [
+    "HfMmBlip2Processor",
     "HfMmClipProcessor",
     "HfMmLlavaProcessor",
     "HfMmQwen2_5_VLImageProcessor",

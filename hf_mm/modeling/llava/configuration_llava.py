@@ -13,6 +13,7 @@ from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING, AutoConfig,
 from transformers.configuration_utils import SubConfigSpec
 
 from ..bridges import BRIDGES
+from ..towers import check_text_config
 
 FEATURE_SELECT_STRATEGIES = ("default", "full")
 
@@ -53,16 +54,6 @@ def check_vision_config(vision_config: PreTrainedConfig) -> None:
         raise ValueError(
             f"vision_config must be a vision encoder config (e.g. clip_vision_model, siglip_vision_model, vit, "
             f"dinov2); got model_type={model_type!r}.{hint}"
-        )
-
-
-def check_text_config(text_config: PreTrainedConfig) -> None:
-    """A causal LM that AutoModelForCausalLM can build, and not one of our own composite models."""
-    model_type = getattr(text_config, "model_type", "")
-    if type(text_config) not in MODEL_FOR_CAUSAL_LM_MAPPING or model_type.startswith("hf_mm_"):
-        raise ValueError(
-            f"text_config must be a causal LM config (e.g. llama, qwen2, gpt2, opt); got model_type={model_type!r}. "
-            "Any model that AutoModelForCausalLM can build works."
         )
 
 

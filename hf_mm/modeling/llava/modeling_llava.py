@@ -21,7 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
 from ...processing.tokenization import IMAGE_TOKEN, prepare_tokenizer, stop_at_end_of_turn
 from ..bridges import build_bridge
-from ..towers import embedding_weight_name, load_causal_lm, load_vision_tower, split_causal_lm
+from ..towers import embedding_weight_name, load_causal_lm, load_vision_tower, split_causal_lm, tower_from_config
 from .configuration_llava import HfMmLlavaConfig
 
 
@@ -95,10 +95,15 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel):
 
     def __init__(self, config: HfMmLlavaConfig):
         super().__init__(config)
-        self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.bridge = bridge_from_config(config)
+        self.vision_tower = tower_from_config(config.vision_config)
+        self.bridge = self.build_bridge(config)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
+
+    @staticmethod
+    def build_bridge(config: HfMmLlavaConfig) -> nn.Module:
+        """This family's bridge for `config` (families that reuse this model swap in their own)."""
+        return bridge_from_config(config)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()
@@ -159,6 +164,27 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel):
         vision_feature_select_strategy: str | None = None,
         **kwargs,
     ) -> HfMmLlavaModelOutputWithPast:
+        image_kwargs = {
+            "vision_feature_layer": vision_feature_layer,
+            "vision_feature_select_strategy": vision_feature_select_strategy,
+        }
+        return self._prefix_forward(
+            input_ids,
+            pixel_values,
+            attention_mask,
+            position_ids,
+            past_key_values,
+            inputs_embeds,
+            image_kwargs,
+            **kwargs,
+        )
+
+    def _prefix_forward(
+        self, input_ids, pixel_values, attention_mask, position_ids, past_key_values, inputs_embeds, image_kwargs,
+        **kwargs,
+    ) -> HfMmLlavaModelOutputWithPast:  # fmt: skip
+        """The prefix fusion every family built on this model shares: image features (from `get_image_features`
+        with `image_kwargs`) scattered into the `<image>` placeholders, then the LM decoder."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -167,9 +193,7 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel):
 
         image_features = None
         if pixel_values is not None:
-            image_features = self.get_image_features(
-                pixel_values, vision_feature_layer, vision_feature_select_strategy
-            )  # (B_img, N, D)
+            image_features = self.get_image_features(pixel_values, **image_kwargs)  # (B_img, N, D)
             inputs_embeds = self._scatter_image_features(inputs_embeds, placeholder_mask, image_features)
         elif placeholder_mask.any() and (past_key_values is None or past_key_values.get_seq_length() == 0):
             raise ValueError(
@@ -196,9 +220,11 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel):
 class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixin):
     """`model.{vision_tower, bridge, language_model}` plus `lm_head`, tied to the LM embeddings when the LM ties."""
 
+    _model_class = HfMmLlavaModel  # the inner model: families built on this class swap in their own
+
     def __init__(self, config: HfMmLlavaConfig):
         super().__init__(config)
-        self.model = HfMmLlavaModel(config)
+        self.model = self._model_class(config)
         embed_dim = self.model.get_input_embeddings().embedding_dim
         self.lm_head = nn.Linear(embed_dim, config.text_config.vocab_size, bias=False)
         # The embedding's parameter name depends on the LM (embed_tokens, wte, decoder.embed_tokens ...).
@@ -230,6 +256,15 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
         load_kwargs = {"dtype": dtype, "device_map": device_map, "attn_implementation": attn_implementation}
         load_kwargs = {k: v for k, v in load_kwargs.items() if v is not None}
         vision_tower = load_vision_tower(vision_name_or_path, **load_kwargs)
+        return cls._compose(
+            vision_tower, text_name_or_path, load_kwargs, quantization_config, bridge_type=bridge_type, **config_kwargs
+        )
+
+    @classmethod
+    def _compose(cls, vision_tower, text_name_or_path, load_kwargs: dict, quantization_config=None, **config_kwargs):
+        """The composition every prefix family shares: a loaded vision tower, the LM loaded with its tokenizer
+        prepared and its embeddings resized, `cls.config_class` built from both configs plus `config_kwargs`, and a
+        fresh bridge."""
         causal_lm = load_causal_lm(text_name_or_path, quantization_config=quantization_config, **load_kwargs)
 
         # Keep the attention each tower resolved; building the composite config resets the shared sub-configs'.
@@ -238,10 +273,9 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
         if len(tokenizer) > causal_lm.get_input_embeddings().num_embeddings:
             causal_lm.resize_token_embeddings(len(tokenizer))
-        config = HfMmLlavaConfig(
+        config = cls.config_class(
             vision_config=vision_tower.config,
             text_config=causal_lm.config,
-            bridge_type=bridge_type,
             image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
             **config_kwargs,
         )
@@ -264,7 +298,7 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
 
     def _new_bridge(self, device) -> nn.Module:
         """A freshly initialised bridge for `self.config`, on `device`, in the LM's floating dtype."""
-        bridge = bridge_from_config(self.config)
+        bridge = self.model.build_bridge(self.config)
         bridge.apply(self._init_weights)
         return bridge.to(device=device, dtype=self.model.get_input_embeddings().weight.dtype)
 
@@ -308,9 +342,12 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
             vision_feature_select_strategy=vision_feature_select_strategy,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
+        return self._head_forward(outputs, input_ids, labels, logits_to_keep)
+
+    def _head_forward(self, outputs, input_ids, labels, logits_to_keep) -> HfMmLlavaCausalLMOutputWithPast:
+        """LM head and loss on the inner model's outputs; placeholders are never loss targets."""
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])  # (B, L_keep, V)
+        logits = self.lm_head(outputs.last_hidden_state[:, keep, :])  # (B, L_keep, V)
 
         loss = None
         if labels is not None:

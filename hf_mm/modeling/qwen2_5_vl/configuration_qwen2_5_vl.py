@@ -9,7 +9,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ..llava.configuration_llava import check_text_config
+from ..towers import check_text_config
 
 
 def text_head_dim(text_config: PreTrainedConfig) -> int:
