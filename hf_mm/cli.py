@@ -2,6 +2,8 @@
 
 hf-mm sft --config recipes/llava15_instruct.yaml [--field value ...]   supervised fine-tuning (TRL SFTTrainer)
 hf-mm dpo --config recipes/dpo.yaml [--field value ...]                preference tuning (TRL DPOTrainer)
+hf-mm contrastive --config recipes/clip_digits.yaml                     CLIP / SigLIP training
+hf-mm qformer --config recipes/blip2_stage1.yaml                        BLIP-2 stage 1 (ITC + ITM + ITG)
 hf-mm demo [--quick]                                                   the learning demo (align, then instruct)
 hf-mm convert llava|blip2|clip|siglip|qwen2_5_vl SRC DST              import a transformers checkpoint
 """
@@ -30,6 +32,8 @@ def _recipe(command: str, argv: list[str]) -> None:
         from .training.dpo import main
     elif command == "contrastive":
         from .training.contrastive import main
+    elif command == "qformer":
+        from .training.qformer import main
     elif argv[:1] == ["clip"]:
         from .demo_clip import main
 
@@ -41,11 +45,16 @@ def _recipe(command: str, argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("sft", "dpo", "contrastive", "demo"):
+    if argv and argv[0] in ("sft", "dpo", "contrastive", "qformer", "demo"):
         return _recipe(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="hf-mm", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    recipes = (("sft", "supervised fine-tuning"), ("dpo", "preference tuning"), ("contrastive", "CLIP training"))
+    recipes = (
+        ("sft", "supervised fine-tuning"),
+        ("dpo", "preference tuning"),
+        ("contrastive", "CLIP training"),
+        ("qformer", "BLIP-2 stage-1 Q-Former training"),
+    )
     for name, text in (*recipes, ("demo", "learning demos")):
         commands.add_parser(name, help=f"{text}; see `hf-mm {name} --help`")
     convert = commands.add_parser("convert", help="import a checkpoint from another library into hf_mm")

@@ -80,9 +80,16 @@ def retrieval_recall(
         raise ValueError(
             f"text_to_image has {len(text_to_image)} entries for {text_embeds.shape[0]} texts; give each text's image."
         )
+    return recall_at_k(image_embeds @ text_embeds.t(), text_to_image, ks, image_labels)
+
+
+def recall_at_k(
+    similarity: torch.Tensor, text_to_image: list[int], ks=(1, 5, 10), image_labels: list[int] | None = None
+) -> dict[str, float]:
+    """`retrieval_recall` from a (N_img, N_txt) similarity matrix, for models whose score is not a dot product of
+    two embeddings (BLIP-2's best query per text)."""
     text_labels = torch.as_tensor(text_to_image)
-    image_labels = torch.arange(image_embeds.shape[0]) if image_labels is None else torch.as_tensor(image_labels)
-    similarity = image_embeds @ text_embeds.t()  # (N_img, N_txt)
+    image_labels = torch.arange(similarity.shape[0]) if image_labels is None else torch.as_tensor(image_labels)
     results = {}
     for k in ks:
         top_images = similarity.t().topk(min(k, similarity.shape[0]), dim=1).indices  # (N_txt, k)
@@ -94,4 +101,11 @@ def retrieval_recall(
     return results
 
 
-__all__ = ["ZeroShotClassifier", "embed_images", "embed_texts", "retrieval_recall", "zero_shot_classifier"]
+__all__ = [
+    "ZeroShotClassifier",
+    "embed_images",
+    "embed_texts",
+    "recall_at_k",
+    "retrieval_recall",
+    "zero_shot_classifier",
+]

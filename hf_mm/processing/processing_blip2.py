@@ -10,6 +10,8 @@ that many tokens. Everything else (image type checks, the truncation guard, the 
 
 from __future__ import annotations
 
+import copy
+
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from ..modeling.blip2.configuration_blip2 import HfMmBlip2Config
@@ -65,6 +67,37 @@ class HfMmBlip2Processor(HfMmLlavaProcessor):
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
         image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path)
         return cls.from_blip2_config(config, image_processor, tokenizer, qformer_tokenizer, chat_template)
+
+    @classmethod
+    def from_vision_pretrained(
+        cls, vision_name_or_path: str, qformer_tokenizer, **config_kwargs
+    ) -> HfMmBlip2Processor:
+        """The stage-1 processor matching `HfMmBlip2ForImageTextRetrieval.from_vision_pretrained`: the tower's image
+        processor and the Q-Former's tokenizer. Stage 1 has no LM, so a prepared copy of the Q-Former tokenizer
+        stands in for the LM's until `from_stage1` brings the real one."""
+        if isinstance(qformer_tokenizer, str):
+            qformer_tokenizer = AutoTokenizer.from_pretrained(qformer_tokenizer)
+        config = HfMmBlip2Config(vision_config=load_vision_config(vision_name_or_path), **config_kwargs)
+        tokenizer = prepare_tokenizer(copy.deepcopy(qformer_tokenizer))
+        image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path)
+        return cls.from_blip2_config(config, image_processor, tokenizer, qformer_tokenizer)
+
+    @classmethod
+    def from_stage1(
+        cls, stage1_name_or_path: str, text_name_or_path: str, instruction_aware: bool = False, chat_template=None
+    ) -> HfMmBlip2Processor:
+        """The stage-2 processor matching `HfMmBlip2ForConditionalGeneration.from_stage1` with the same arguments:
+        the stage-1 image processor and Q-Former tokenizer, with the LM's tokenizer (given `<image>`)."""
+        stage1 = cls.from_pretrained(stage1_name_or_path)
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
+        return cls(
+            image_processor=stage1.image_processor,
+            tokenizer=tokenizer,
+            qformer_tokenizer=stage1.qformer_tokenizer,
+            chat_template=chat_template,
+            num_query_tokens=stage1.num_query_tokens,
+            instruction_aware=instruction_aware,
+        )
 
     @classmethod
     def from_blip2_config(cls, config: HfMmBlip2Config, image_processor, tokenizer, qformer_tokenizer,

@@ -26,7 +26,10 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 OVERLONG = ("drop", "error")
-SEQUENCE_KEYS = ("input_ids", "attention_mask", "labels", "token_type_ids", "mm_token_type_ids")
+SEQUENCE_KEYS = (
+    "input_ids", "attention_mask", "labels", "token_type_ids", "mm_token_type_ids",
+    "qformer_input_ids", "qformer_attention_mask",  # InstructBLIP's instruction, tokenized for the Q-Former
+)  # fmt: skip
 
 
 def check_overlong(overlong: str) -> None:
@@ -101,7 +104,7 @@ class VisionSFTCollator:
             return_dict=True,
             return_tensors="pt",
             return_assistant_tokens_mask=True,
-            processor_kwargs={"add_special_tokens": False},
+            processor_kwargs={"add_special_tokens": False, **self._instruction(messages)},
         )
         mask = torch.as_tensor(out.pop("assistant_masks")).bool().reshape(out["input_ids"].shape)
         if not mask.any() and any(m["role"] == "assistant" for m in messages):
@@ -127,7 +130,10 @@ class VisionSFTCollator:
             if not full_text.startswith(prompt_text):
                 raise ValueError("The chat template renders the prompt differently once the completion follows it.")
             completion_text = full_text[len(prompt_text) :]
-        out = self.processor(images=images or None, text=[prompt_text], return_tensors="pt", add_special_tokens=False)
+        instruction = self._instruction(prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}])
+        out = self.processor(
+            images=images or None, text=[prompt_text], return_tensors="pt", add_special_tokens=False, **instruction
+        )
         completion_ids = self.tokenizer(completion_text, add_special_tokens=False, return_tensors="pt").input_ids
         prompt_ids = out["input_ids"]
         out["input_ids"] = torch.cat([prompt_ids, completion_ids], dim=1)
@@ -138,12 +144,27 @@ class VisionSFTCollator:
                 out[key] = torch.cat([out[key], torch.zeros_like(completion_ids)], dim=1)
         return dict(out)
 
+    def _instruction(self, messages: list[dict]) -> dict:
+        """For an instruction-aware processor (InstructBLIP), the user turns' text as `qformer_text`: the Q-Former
+        reads the instruction, never the answer it is trained to give."""
+        if not getattr(self.processor, "instruction_aware", False):
+            return {}
+        parts = []
+        for message in messages:
+            if message["role"] == "user":
+                content = message["content"]
+                parts += [content] if isinstance(content, str) else [c["text"] for c in content if c["type"] == "text"]
+        text = " ".join(part.replace(self.processor.image_token, "").strip() for part in parts)
+        return {"qformer_text": [text]}
+
     def pad(self, samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Right-pad the sequence keys; concatenate the rest (pixel_values, grids) along their first dimension."""
         length = max(sample["input_ids"].shape[-1] for sample in samples)
         if self.pad_to_multiple_of:
             length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
         pad_values = {"input_ids": self.tokenizer.pad_token_id, "labels": IGNORE_INDEX}
+        if hasattr(self.processor, "qformer_tokenizer"):
+            pad_values["qformer_input_ids"] = self.processor.qformer_tokenizer.pad_token_id
         batch = {}
         for key in dict.fromkeys(key for sample in samples for key in sample):
             values = [sample[key] for sample in samples if key in sample]  # text-only samples have no pixels

@@ -39,7 +39,8 @@ class ContrastiveCollator:
 
 
 class HfMmContrastiveTrainer(RoleOptimizerMixin, Trainer):
-    """Trainer with the contrastive collator, the model's own loss and per-role optimizer groups."""
+    """Trainer with the contrastive collator (or the `data_collator` given), the model's own loss and per-role
+    optimizer groups. Also trains BLIP-2's stage 1, whose model computes its ITC/ITM/ITG loss itself."""
 
     def __init__(self, model, args: TrainingArguments, processing_class, train_dataset, eval_dataset=None,
                  stage: str | dict[str, RoleSettings] = "full", max_length: int | None = 64, **kwargs):  # fmt: skip
@@ -48,7 +49,7 @@ class HfMmContrastiveTrainer(RoleOptimizerMixin, Trainer):
         super().__init__(
             model=model,
             args=args,
-            data_collator=ContrastiveCollator(processing_class, max_length),
+            data_collator=kwargs.pop("data_collator", None) or ContrastiveCollator(processing_class, max_length),
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,

@@ -11,7 +11,17 @@ from torch import nn
 # role -> submodule paths on the unwrapped model; a path missing from a model is skipped (not every family has all).
 ROLE_MODULES: dict[str, tuple[str, ...]] = {
     "vision": ("model.vision_tower", "vision_tower"),
-    "bridge": ("model.bridge", "visual_projection", "text_projection", "logit_scale", "logit_bias"),
+    # The bridge, and the heads that train with it: a dual encoder's projections, BLIP-2 stage 1's ITM/ITG heads.
+    "bridge": (
+        "model.bridge",
+        "bridge",
+        "visual_projection",
+        "text_projection",
+        "logit_scale",
+        "logit_bias",
+        "itm_head",
+        "itg_head",
+    ),
     "llm": ("model.language_model", "lm_head"),
     "text": ("text_tower",),
 }

@@ -19,8 +19,9 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationMixin
 from trl import ModelConfig, get_quantization_config
 
+from ..modeling.blip2 import HfMmBlip2ForConditionalGeneration
 from ..modeling.llava import HfMmLlavaForConditionalGeneration
-from ..processing import HfMmLlavaProcessor
+from ..processing import HfMmBlip2Processor, HfMmLlavaProcessor
 from .roles import ROLES
 from .stages import RoleSettings, apply_stage, get_stage, lora_target_modules, modules_to_save, param_groups
 
@@ -35,7 +36,14 @@ class HfMmArguments:
     text_model_name_or_path: str | None = dataclasses.field(
         default=None, metadata={"help": "Causal LM to compose with the vision tower."}
     )
-    bridge_type: str = dataclasses.field(default="mlp2x_gelu", metadata={"help": "Bridge for a new composition."})
+    bridge_type: str = dataclasses.field(
+        default="mlp2x_gelu", metadata={"help": "Bridge for a new composition; `qformer` composes BLIP-2."}
+    )
+    num_query_tokens: int = dataclasses.field(default=32, metadata={"help": "Q-Former queries (bridge_type=qformer)."})
+    stage1_name_or_path: str | None = dataclasses.field(
+        default=None,
+        metadata={"help": "BLIP-2 stage 2: a stage-1 Q-Former (hf-mm qformer) + text_model_name_or_path."},
+    )
     stage: str = dataclasses.field(default="instruct", metadata={"help": "align | instruct | full | vision."})
     vision_lr: float | None = dataclasses.field(default=None, metadata={"help": "Vision tower LR (else base LR)."})
     bridge_lr: float | None = dataclasses.field(default=None, metadata={"help": "Bridge LR (else base LR)."})
@@ -53,10 +61,19 @@ def load_model_and_processor(hf_args: HfMmArguments, model_args: ModelConfig):
             f"Got model_name_or_path={model_args.model_name_or_path!r} and vision/text towers to compose: give "
             "either a saved hf_mm model or the two towers."
         )
+    if hf_args.stage1_name_or_path:
+        return _compose_blip2_stage2(hf_args, dtype, model_args.attn_implementation, quantization_config)
     if composing:
         if not (hf_args.vision_model_name_or_path and hf_args.text_model_name_or_path):
             raise ValueError("Composing needs both vision_model_name_or_path and text_model_name_or_path.")
         towers = (hf_args.vision_model_name_or_path, hf_args.text_model_name_or_path)
+        if hf_args.bridge_type == "qformer":
+            kwargs = {"num_query_tokens": hf_args.num_query_tokens}
+            model = HfMmBlip2ForConditionalGeneration.from_vision_text_pretrained(
+                *towers, dtype=dtype, attn_implementation=model_args.attn_implementation,
+                quantization_config=quantization_config, **kwargs,
+            )  # fmt: skip
+            return model, HfMmBlip2Processor.from_vision_text_pretrained(*towers, **kwargs)
         model = HfMmLlavaForConditionalGeneration.from_vision_text_pretrained(
             *towers,
             bridge_type=hf_args.bridge_type,
@@ -73,6 +90,21 @@ def load_model_and_processor(hf_args: HfMmArguments, model_args: ModelConfig):
         kwargs["quantization_config"] = quantization_config
     model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
     return model, AutoProcessor.from_pretrained(model_args.model_name_or_path)
+
+
+def _compose_blip2_stage2(hf_args: HfMmArguments, dtype, attn_implementation, quantization_config):
+    """BLIP-2 stage 2: the stage-1 tower and Q-Former with a new projection into `text_model_name_or_path`."""
+    if not hf_args.text_model_name_or_path or hf_args.vision_model_name_or_path:
+        raise ValueError(
+            "stage1_name_or_path composes with text_model_name_or_path only (the stage-1 checkpoint holds the "
+            f"vision tower); got vision_model_name_or_path={hf_args.vision_model_name_or_path!r}, "
+            f"text_model_name_or_path={hf_args.text_model_name_or_path!r}."
+        )
+    paths = (hf_args.stage1_name_or_path, hf_args.text_model_name_or_path)
+    model = HfMmBlip2ForConditionalGeneration.from_stage1(
+        *paths, dtype=dtype, attn_implementation=attn_implementation, quantization_config=quantization_config
+    )
+    return model, HfMmBlip2Processor.from_stage1(*paths)
 
 
 def save_composed_base(model, processor, training_args) -> None:

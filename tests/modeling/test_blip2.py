@@ -299,3 +299,32 @@ def test_stage2_from_stage1_reuses_tower_queries_and_qformer(towers, tmp_path):
         torch.testing.assert_close(bridge.encode(features), model.bridge.encode(features))
     assert torch.equal(stage2.model.vision_tower.embeddings.patch_embeddings.projection.weight,
                        model.vision_tower.embeddings.patch_embeddings.projection.weight)  # fmt: skip
+
+
+def test_instructblip_from_stage1_trains_on_the_instruction_not_the_answer(towers, tmp_path):
+    from hf_mm.training.collators import VisionSFTCollator
+
+    model, processor = _stage1(vision="vit")
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    stage2 = HfMmBlip2ForConditionalGeneration.from_stage1(tmp_path, towers[1], instruction_aware=True)
+    processor2 = HfMmBlip2Processor.from_stage1(tmp_path, towers[1], instruction_aware=True)
+    # The Q-Former's text path comes from stage 1 too.
+    assert torch.equal(
+        stage2.model.bridge.embeddings.word_embeddings.weight, model.bridge.embeddings.word_embeddings.weight
+    )
+    question, reply = "how many cats are there?", "three cats"
+    examples = [
+        {"images": T.random_images(1), "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
+            {"role": "assistant", "content": [{"type": "text", "text": reply}]},
+        ]},
+        {"images": T.random_images(1), "prompt": "<image>what is it?", "completion": "a dog"},
+    ]  # fmt: skip
+    batch = VisionSFTCollator(processor2)(examples)
+    qformer_text = processor2.qformer_tokenizer.batch_decode(batch["qformer_input_ids"], skip_special_tokens=True)
+    assert [t.strip() for t in qformer_text] == [question, "what is it?"]
+    assert batch["qformer_attention_mask"].sum(1).tolist()[1] < batch["qformer_input_ids"].shape[1]  # padded
+    loss = stage2(**batch).loss
+    loss.backward()
+    assert stage2.model.bridge.embeddings.word_embeddings.weight.grad.abs().sum() > 0

@@ -16,6 +16,7 @@ from hf_mm.cli import main
 from hf_mm.testing import save_tiny_causal_lm, save_tiny_vision_tower, tiny_llava_config, tiny_llava_processor
 from hf_mm.training.contrastive import ContrastiveArguments
 from hf_mm.training.data_args import DataArguments
+from hf_mm.training.qformer import QFormerArguments
 from hf_mm.training.setup import HfMmArguments
 from hf_mm.training.stages import STAGES
 
@@ -39,9 +40,10 @@ TINY_DATA += ["--synthetic_image_size", "32", "--max_steps", "2", "--per_device_
 
 def parse(recipe: pathlib.Path):
     """(composition and stage, trainer config, model config) of a recipe, with the recipe's own parser."""
-    if recipe.name.startswith("clip"):
-        parser = TrlParser((ContrastiveArguments, TrainingArguments, ModelConfig))
-        hf_args, training_args, model_args = parser.parse_args_and_config(["--config", str(recipe)])
+    if recipe.name.startswith(("clip", "blip2_stage1")):
+        arguments = QFormerArguments if recipe.name.startswith("blip2") else ContrastiveArguments
+        parser = TrlParser((arguments, TrainingArguments, ModelConfig))
+        hf_args, training_args, model_args = parser.parse_args_and_config(["--config", str(recipe), "--bf16", "false"])
         return hf_args, training_args, model_args
     config = DPOConfig if recipe.name.startswith("dpo") else SFTConfig
     parser = TrlParser((HfMmArguments, DataArguments, config, ModelConfig))
@@ -53,7 +55,14 @@ def parse(recipe: pathlib.Path):
 def test_every_recipe_parses_and_states_its_composition(recipe):
     hf_args, training_args, model_args = parse(recipe)
     assert hf_args.stage in STAGES
-    assert model_args.model_name_or_path or (hf_args.vision_model_name_or_path and hf_args.text_model_name_or_path)
+    towers = [getattr(hf_args, f"{role}_name_or_path", None) for role in ("vision_model", "text_model", "stage1")]
+    if recipe.stem == "blip2_stage1":  # a tower and a new Q-Former
+        composition = towers[0] and hf_args.qformer_tokenizer_name_or_path
+    elif recipe.stem == "blip2_stage2":  # the stage-1 checkpoint holds the tower
+        composition = towers[2] and towers[1] and not towers[0]
+    else:
+        composition = towers[0] and towers[1]
+    assert model_args.model_name_or_path or composition
     assert training_args.output_dir.startswith("outputs/")
     assert not model_args.load_in_4bit or model_args.use_peft
 

@@ -74,6 +74,11 @@ class QFormerTextEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(qformer_config.max_position_embeddings, qformer_config.hidden_size)
 
     def forward(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        if input_ids.shape[1] > self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"Q-Former text of {input_ids.shape[1]} tokens is longer than its {self.position_embeddings.num_embeddings}"
+                " position embeddings (qformer_config.max_position_embeddings); shorten the text. It is never cut."
+            )
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         return self.word_embeddings(input_ids) + self.position_embeddings(positions)[None]  # (B, T, H)
 
@@ -378,6 +383,35 @@ class HfMmBlip2ForImageTextRetrieval(HfMmBlip2PreTrainedModel):
         self.itg_head = ITGHead(config.qformer_config)
         self._tied_weights_keys = {"itg_head.decoder.weight": "bridge.embeddings.word_embeddings.weight"}
         self.post_init()
+
+    @classmethod
+    def from_vision_pretrained(
+        cls,
+        vision_name_or_path: str,
+        qformer_config=None,
+        text_config=None,
+        num_query_tokens: int = 32,
+        **config_kwargs,
+    ) -> "HfMmBlip2ForImageTextRetrieval":
+        """A new Q-Former (`qformer_config`, default BERT-base-sized) with its stage-1 heads on a pretrained vision
+        tower, kept as it is. `text_config` names the LM stage 2 will use (optional: stage 1 never builds it)."""
+        vision_tower = load_vision_tower(vision_name_or_path)
+        config = HfMmBlip2Config(
+            vision_config=vision_tower.config,
+            qformer_config=qformer_config if qformer_config is not None else Blip2QFormerConfig(),
+            text_config=text_config,
+            num_query_tokens=num_query_tokens,
+            **config_kwargs,
+        )
+        with torch.device("meta"):  # the tower is replaced below; don't allocate it twice
+            model = cls(config)
+        model.vision_tower = vision_tower
+        for name, module in model.named_children():
+            if name != "vision_tower":  # materialise and initialise everything but the pretrained tower
+                module.to_empty(device=vision_tower.device).apply(model._init_weights)
+        model.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=vision_tower.device))
+        model.tie_weights()
+        return model.eval()
 
     def get_input_embeddings(self) -> nn.Module:
         return self.bridge.embeddings.word_embeddings
