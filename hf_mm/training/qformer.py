@@ -103,11 +103,14 @@ class QFormerArguments:
     """The stage-1 composition (a vision tower + a new Q-Former), the stage and the data."""
 
     vision_model_name_or_path: str | None = dataclasses.field(default=None, metadata={"help": "Vision tower."})
-    qformer_tokenizer_name_or_path: str | None = dataclasses.field(
-        default=None, metadata={"help": "Tokenizer of the Q-Former's text (BLIP-2: bert-base-uncased)."}
+    qformer_name_or_path: str | None = dataclasses.field(
+        default=None, metadata={"help": "BERT checkpoint the Q-Former starts from, as in BLIP-2 (and its tokenizer)."}
     )
     qformer_config_name_or_path: str | None = dataclasses.field(
-        default=None, metadata={"help": "A Blip2QFormerConfig folder (default: BERT-base sized)."}
+        default=None, metadata={"help": "Or a Blip2QFormerConfig folder for a random Q-Former (default BERT-base)."}
+    )
+    qformer_tokenizer_name_or_path: str | None = dataclasses.field(
+        default=None, metadata={"help": "Tokenizer of the Q-Former's text (default: qformer_name_or_path's)."}
     )
     num_query_tokens: int = dataclasses.field(default=32, metadata={"help": "Learned queries."})
     stage: str = dataclasses.field(default="align", metadata={"help": "align (Q-Former only) | vision | full."})
@@ -122,18 +125,18 @@ def load_model_and_processor(args: QFormerArguments, model_args: ModelConfig):
     if model_args.model_name_or_path:
         path = model_args.model_name_or_path
         return HfMmBlip2ForImageTextRetrieval.from_pretrained(path), HfMmBlip2Processor.from_pretrained(path)
-    if not (args.vision_model_name_or_path and args.qformer_tokenizer_name_or_path):
+    tokenizer = args.qformer_tokenizer_name_or_path or args.qformer_name_or_path
+    if not (args.vision_model_name_or_path and tokenizer):
         raise ValueError(
-            "Give model_name_or_path (a saved stage-1 model), or vision_model_name_or_path and "
-            "qformer_tokenizer_name_or_path to start a new Q-Former."
+            "Give model_name_or_path (a saved stage-1 model), or vision_model_name_or_path and qformer_name_or_path "
+            "(a BERT to start from) or qformer_tokenizer_name_or_path (for a random Q-Former) for a new Q-Former."
         )
-    qformer_config = None
+    kwargs = {"num_query_tokens": args.num_query_tokens, "qformer_name_or_path": args.qformer_name_or_path}
     if args.qformer_config_name_or_path:
-        qformer_config = AutoConfig.from_pretrained(args.qformer_config_name_or_path)
-    kwargs = {"qformer_config": qformer_config, "num_query_tokens": args.num_query_tokens}
+        kwargs["qformer_config"] = AutoConfig.from_pretrained(args.qformer_config_name_or_path)
     model = HfMmBlip2ForImageTextRetrieval.from_vision_pretrained(args.vision_model_name_or_path, **kwargs)
     processor = HfMmBlip2Processor.from_vision_pretrained(
-        args.vision_model_name_or_path, args.qformer_tokenizer_name_or_path,
+        args.vision_model_name_or_path, tokenizer,
         qformer_config=model.config.qformer_config, num_query_tokens=args.num_query_tokens,
     )  # fmt: skip
     return model, processor

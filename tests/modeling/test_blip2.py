@@ -328,3 +328,48 @@ def test_instructblip_from_stage1_trains_on_the_instruction_not_the_answer(tower
     loss = stage2(**batch).loss
     loss.backward()
     assert stage2.model.bridge.embeddings.word_embeddings.weight.grad.abs().sum() > 0
+
+
+def test_stage1_qformer_starts_from_bert(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    tokenizer = T.tiny_tokenizer()
+    bert_config = BertConfig(vocab_size=len(tokenizer), hidden_size=T.HIDDEN, num_hidden_layers=2,
+                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    bert = BertForMaskedLM(bert_config).eval()
+    bert.save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    vision = T.save_tiny_vision_tower(tmp_path / "vit", "vit")
+    model = HfMmBlip2ForImageTextRetrieval.from_vision_pretrained(
+        vision, qformer_name_or_path=str(tmp_path / "bert"), num_query_tokens=4, cross_attention_frequency=1
+    )
+    bert_state = bert.state_dict()
+    layer = model.bridge.qformer.encoder.layer[1]
+    assert torch.equal(layer.attention.attention.query.weight, bert_state["bert.encoder.layer.1.attention.self.query.weight"])  # fmt: skip
+    for path in ("intermediate", "intermediate_query"):  # both feed-forward paths start from BERT's
+        assert torch.equal(getattr(layer, path).dense.weight, bert_state["bert.encoder.layer.1.intermediate.dense.weight"])  # fmt: skip
+    assert torch.equal(model.bridge.qformer.layernorm.weight, bert_state["bert.embeddings.LayerNorm.weight"])
+    assert torch.equal(model.bridge.embeddings.word_embeddings.weight, bert_state["bert.embeddings.word_embeddings.weight"])  # fmt: skip
+    assert model.itg_head.decoder.weight is model.bridge.embeddings.word_embeddings.weight
+    assert torch.equal(model.itg_head.decoder.bias, bert_state["cls.predictions.bias"])
+    assert all(layer.has_cross_attention for layer in model.bridge.qformer.encoder.layer)  # new, random
+    processor = HfMmBlip2Processor.from_vision_pretrained(vision, str(tmp_path / "bert"), qformer_config=model.config.qformer_config, num_query_tokens=4)  # fmt: skip
+    ids, mask = _captions(processor)
+    # The text path is BERT itself: with no queries, the Q-Former's text states equal BERT's (no token types).
+    with torch.no_grad():
+        bert.bert.embeddings.token_type_embeddings.weight.zero_()
+        expected = bert.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        actual = model.bridge.encode_text(ids, mask)
+    torch.testing.assert_close(actual[mask.bool()], expected[mask.bool()], atol=1e-5, rtol=0)
+    out = model(pixel_values=torch.randn(2, 3, 32, 32), input_ids=ids, attention_mask=mask, return_loss=True)
+    assert torch.isfinite(out.loss)
+
+
+def test_text_features_ignore_padding():
+    model, processor = _stage1()
+    texts = ["a red square", "a blue circle next to a green triangle"]
+    ids, mask = _captions(processor, texts)
+    with torch.no_grad():
+        batched = model.get_text_features(ids, mask)
+        single = torch.cat([model.get_text_features(*_captions(processor, [t])) for t in texts])
+    torch.testing.assert_close(batched, single, atol=1e-6, rtol=0)

@@ -12,7 +12,14 @@ import random
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, TrainingArguments
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    BertConfig,
+    BertForMaskedLM,
+    TrainingArguments,
+)
 from trl import SFTConfig
 
 from hf_mm import testing as T
@@ -35,13 +42,15 @@ CHANCE = 0.1
 def test_stage1_then_stage2_recipes_run_and_load(tmp_path, capsys):
     vision = T.save_tiny_vision_tower(tmp_path / "vision", "vit")
     lm = T.save_tiny_causal_lm(tmp_path / "lm")
-    T.tiny_tokenizer().save_pretrained(tmp_path / "qformer_tokenizer")
-    T.tiny_qformer_config().save_pretrained(tmp_path / "qformer")
+    tokenizer = T.tiny_tokenizer()  # a tiny BERT (with its tokenizer) for the Q-Former to start from, as in BLIP-2
+    bert = BertConfig(vocab_size=len(tokenizer), hidden_size=T.HIDDEN, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=64)  # fmt: skip
+    BertForMaskedLM(bert).save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
     stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
     main([
         "qformer", "--config", "recipes/blip2_stage1.yaml", "--vision_model_name_or_path", vision,
-        "--qformer_tokenizer_name_or_path", str(tmp_path / "qformer_tokenizer"),
-        "--qformer_config_name_or_path", str(tmp_path / "qformer"), "--num_query_tokens", "4",
+        "--qformer_name_or_path", str(tmp_path / "bert"), "--num_query_tokens", "4",
         "--digits_train_pairs", "32", "--max_steps", "3", "--per_device_train_batch_size", "8",
         "--bf16", "false", "--report_to", "none", "--save_strategy", "no", "--output_dir", str(stage1),
     ])  # fmt: skip

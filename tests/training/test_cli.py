@@ -57,7 +57,7 @@ def test_every_recipe_parses_and_states_its_composition(recipe):
     assert hf_args.stage in STAGES
     towers = [getattr(hf_args, f"{role}_name_or_path", None) for role in ("vision_model", "text_model", "stage1")]
     if recipe.stem == "blip2_stage1":  # a tower and a new Q-Former
-        composition = towers[0] and hf_args.qformer_tokenizer_name_or_path
+        composition = towers[0] and (hf_args.qformer_name_or_path or hf_args.qformer_tokenizer_name_or_path)
     elif recipe.stem == "blip2_stage2":  # the stage-1 checkpoint holds the tower
         composition = towers[2] and towers[1] and not towers[0]
     else:

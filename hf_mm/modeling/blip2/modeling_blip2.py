@@ -62,6 +62,15 @@ def tower_features(vision_tower: nn.Module, pixel_values: torch.Tensor, layer: i
     return outputs.hidden_states[layer]
 
 
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, 1, L, L) boolean mask -> additive float mask, valid for eager attention and SDPA alike.
+
+    The Q-Former always gets a ready 4D mask: given a 2D padding mask it builds its own only when its config names an
+    attention implementation, and a sub-config composed at run time may name none (padding would then be ignored).
+    """
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
 class QFormerTextEmbeddings(nn.Module):
     """Word + learned absolute position embeddings of the Q-Former's text (the LayerNorm is the Q-Former's own,
     applied to [queries; text] together, as BERT's embedding LayerNorm in LAVIS)."""
@@ -119,9 +128,7 @@ class QFormerBridge(nn.Module):
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
             embeds = torch.cat([queries, self.embeddings(input_ids).to(dtype)], dim=1)  # (B, Q + T, H)
-            allowed = qformer_attention_mask(self.num_query_tokens, attention_mask, mode)  # (B, 1, Q + T, Q + T)
-            mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
-            mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)  # additive: valid for eager and SDPA
+            mask = additive_mask(qformer_attention_mask(self.num_query_tokens, attention_mask, mode), dtype)
         outputs = self.qformer(
             query_embeds=embeds,
             query_length=self.num_query_tokens,
@@ -135,8 +142,13 @@ class QFormerBridge(nn.Module):
         """(B, T) -> (B, T, H): the Q-Former as a text-only BERT (no queries, no image), as ITC's text encoder."""
         if self.embeddings is None:
             raise ValueError("This Q-Former has no text path (qformer_config.use_qformer_text_input=False).")
-        embeds = self.embeddings(input_ids).to(self.query_tokens.dtype)
-        outputs = self.qformer(query_embeds=embeds, query_length=0, attention_mask=attention_mask, return_dict=True)
+        dtype = self.query_tokens.dtype
+        embeds = self.embeddings(input_ids).to(dtype)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        keys = attention_mask.bool()[:, None, None, :].expand(-1, 1, input_ids.shape[1], -1)  # (B, 1, T, T)
+        mask = additive_mask(keys, dtype)
+        outputs = self.qformer(query_embeds=embeds, query_length=0, attention_mask=mask, return_dict=True)
         return outputs.last_hidden_state
 
     def forward(
@@ -391,10 +403,23 @@ class HfMmBlip2ForImageTextRetrieval(HfMmBlip2PreTrainedModel):
         qformer_config=None,
         text_config=None,
         num_query_tokens: int = 32,
+        qformer_name_or_path: str | None = None,
+        cross_attention_frequency: int = 2,
         **config_kwargs,
     ) -> "HfMmBlip2ForImageTextRetrieval":
-        """A new Q-Former (`qformer_config`, default BERT-base-sized) with its stage-1 heads on a pretrained vision
-        tower, kept as it is. `text_config` names the LM stage 2 will use (optional: stage 1 never builds it)."""
+        """A new Q-Former with its stage-1 heads on a pretrained vision tower, kept as it is.
+
+        The Q-Former is `qformer_config` (default BERT-base-sized, random), or, as in BLIP-2, a BERT checkpoint
+        `qformer_name_or_path` with new cross-attention layers every `cross_attention_frequency` layers (see
+        `hf_mm.convert.qformer_from_bert`). `text_config` names the LM stage 2 will use (stage 1 never builds it).
+        """
+        bert_state = {}
+        if qformer_name_or_path is not None:
+            if qformer_config is not None:
+                raise ValueError("Give qformer_config (a new Q-Former) or qformer_name_or_path (BERT), not both.")
+            from ...convert.blip2 import qformer_from_bert  # convert imports this module, so import it here
+
+            qformer_config, bert_state = qformer_from_bert(qformer_name_or_path, cross_attention_frequency)
         vision_tower = load_vision_tower(vision_name_or_path)
         config = HfMmBlip2Config(
             vision_config=vision_tower.config,
@@ -410,6 +435,10 @@ class HfMmBlip2ForImageTextRetrieval(HfMmBlip2PreTrainedModel):
             if name != "vision_tower":  # materialise and initialise everything but the pretrained tower
                 module.to_empty(device=vision_tower.device).apply(model._init_weights)
         model.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=vision_tower.device))
+        if bert_state:
+            unexpected = model.load_state_dict(bert_state, strict=False).unexpected_keys
+            if unexpected:
+                raise ValueError(f"BERT weights without a place in the Q-Former: {unexpected[:5]}")
         model.tie_weights()
         return model.eval()
 
