@@ -16,8 +16,9 @@ from .modeling.blip2 import (
     HfMmBlip2Model,
 )
 from .modeling.clip import HfMmClipConfig, HfMmClipModel
+from .modeling.flamingo import HfMmFlamingoConfig, HfMmFlamingoForConditionalGeneration, HfMmFlamingoModel
 from .modeling.llava import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, HfMmLlavaModel
-from .processing import HfMmBlip2Processor, HfMmClipProcessor, HfMmLlavaProcessor
+from .processing import HfMmBlip2Processor, HfMmClipProcessor, HfMmFlamingoProcessor, HfMmLlavaProcessor
 
 __version__ = "0.1.0.dev0"
 
@@ -28,6 +29,10 @@ __all__ = [
     "HfMmBlip2ForConditionalGeneration",
     "HfMmBlip2ForImageTextRetrieval",
     "HfMmBlip2Processor",
+    "HfMmFlamingoConfig",
+    "HfMmFlamingoModel",
+    "HfMmFlamingoForConditionalGeneration",
+    "HfMmFlamingoProcessor",
     "HfMmClipConfig",
     "HfMmClipModel",
     "HfMmClipProcessor",

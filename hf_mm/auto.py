@@ -17,6 +17,7 @@ from transformers import (
 
 from .modeling.blip2 import HfMmBlip2Config, HfMmBlip2ForConditionalGeneration, HfMmBlip2Model
 from .modeling.clip import HfMmClipConfig, HfMmClipModel
+from .modeling.flamingo import HfMmFlamingoConfig, HfMmFlamingoForConditionalGeneration, HfMmFlamingoModel
 from .modeling.llava import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, HfMmLlavaModel
 from .modeling.qwen2_5_vl import (
     HfMmQwen2_5_ViTConfig,
@@ -28,6 +29,7 @@ from .modeling.qwen2_5_vl import (
 from .processing.image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
 from .processing.processing_blip2 import HfMmBlip2Processor
 from .processing.processing_clip import HfMmClipProcessor
+from .processing.processing_flamingo import HfMmFlamingoProcessor
 from .processing.processing_llava import HfMmLlavaProcessor
 from .processing.processing_qwen2_5_vl import HfMmQwen2_5_VLProcessor
 
@@ -93,3 +95,14 @@ def _register_blip2() -> None:
 
 
 _register_blip2()
+
+
+def _register_flamingo() -> None:
+    AutoConfig.register(HfMmFlamingoConfig.model_type, HfMmFlamingoConfig, exist_ok=True)
+    AutoModel.register(HfMmFlamingoConfig, HfMmFlamingoModel, exist_ok=True)
+    AutoModelForImageTextToText.register(HfMmFlamingoConfig, HfMmFlamingoForConditionalGeneration, exist_ok=True)
+    AutoModelForCausalLM.register(HfMmFlamingoConfig, HfMmFlamingoForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(HfMmFlamingoConfig, HfMmFlamingoProcessor, exist_ok=True)
+
+
+_register_flamingo()

@@ -32,8 +32,15 @@ from transformers import (
 )
 
 from .modeling.blip2 import HfMmBlip2Config
+from .modeling.flamingo import HfMmFlamingoConfig
 from .modeling.llava import HfMmLlavaConfig
-from .processing import HfMmBlip2Processor, HfMmLlavaProcessor, prepare_tokenizer
+from .processing import (
+    HfMmBlip2Processor,
+    HfMmFlamingoProcessor,
+    HfMmLlavaProcessor,
+    prepare_flamingo_tokenizer,
+    prepare_tokenizer,
+)
 
 IMAGE_SIZE = 32
 PATCH_SIZE = 8
@@ -124,6 +131,8 @@ def tiny_llava_config(vision: str = "clip", text: str = "llama", bridge_type: st
     """A tiny HfMmLlavaConfig whose `image_token_id` matches `tiny_llava_processor`'s tokenizer."""
     tokenizer = prepare_tokenizer(tiny_tokenizer())
     kwargs.setdefault("vision_feature_select_strategy", "default")
+    perceiver = dict(perceiver_num_latents=8, perceiver_depth=2, perceiver_heads=2, perceiver_head_dim=16)
+    kwargs = {**perceiver, **kwargs}
     return HfMmLlavaConfig(
         vision_config=tiny_vision_config(vision),
         text_config=tiny_text_config(text),
@@ -169,6 +178,26 @@ def tiny_blip2_processor(config: HfMmBlip2Config, vision: str = "clip") -> HfMmB
     """The processor matching a tiny BLIP-2 config; the Q-Former reads the plain tiny tokenizer."""
     tokenizer = prepare_tokenizer(tiny_tokenizer())
     return HfMmBlip2Processor.from_blip2_config(config, tiny_image_processor(vision), tokenizer, tiny_tokenizer())
+
+
+def tiny_flamingo_config(vision: str = "clip", text: str = "llama", **kwargs) -> HfMmFlamingoConfig:
+    """A tiny HfMmFlamingoConfig (8 latents, a gated block before every decoder layer) matching
+    `tiny_flamingo_processor`'s tokenizer."""
+    tokenizer = prepare_flamingo_tokenizer(tiny_tokenizer())
+    settings = dict(
+        num_latents=8, perceiver_depth=2, perceiver_heads=2, perceiver_head_dim=16, cross_attn_every_n_layers=1,
+        cross_attn_heads=2, cross_attn_head_dim=16, cross_attn_ff_mult=2,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        end_of_chunk_token_id=tokenizer.convert_tokens_to_ids("<|endofchunk|>"),
+    )  # fmt: skip
+    return HfMmFlamingoConfig(
+        vision_config=tiny_vision_config(vision), text_config=tiny_text_config(text), **{**settings, **kwargs}
+    )
+
+
+def tiny_flamingo_processor(vision: str = "clip") -> HfMmFlamingoProcessor:
+    """The processor matching `tiny_flamingo_config`: the tower's image processor and the prepared tiny tokenizer."""
+    return HfMmFlamingoProcessor(tiny_image_processor(vision), prepare_flamingo_tokenizer(tiny_tokenizer()))
 
 
 def random_images(n: int, seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[PIL.Image.Image]:
@@ -217,6 +246,8 @@ __all__ = [
     "tiny_qformer_config",
     "tiny_blip2_config",
     "tiny_blip2_processor",
+    "tiny_flamingo_config",
+    "tiny_flamingo_processor",
     "random_images",
     "save_tiny_vision_tower",
     "save_tiny_dual_encoder",

@@ -104,10 +104,86 @@ class PixelShuffleBridge(nn.Module):
         return self.linear_2(self.act(hidden_states))  # (B, N/s^2, D_text)
 
 
+class PerceiverAttention(nn.Module):
+    """Flamingo's perceiver attention: the latents query [media; latents] (the latents read themselves too)."""
+
+    def __init__(self, dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.norm_media = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.to_q = nn.Linear(dim, heads * head_dim, bias=False)
+        self.to_kv = nn.Linear(dim, 2 * heads * head_dim, bias=False)
+        self.to_out = nn.Linear(heads * head_dim, dim, bias=False)
+
+    def forward(self, media: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) media, (B, n, D) latents -> (B, n, D) update."""
+        media, latents = self.norm_media(media), self.norm_latents(latents)
+        split = lambda x: x.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # noqa: E731  (B, h, _, d)
+        q = split(self.to_q(latents))
+        k, v = map(split, self.to_kv(torch.cat([media, latents], dim=1)).chunk(2, dim=-1))
+        out = nn.functional.scaled_dot_product_attention(q, k, v)  # (B, h, n, d)
+        return self.to_out(out.transpose(1, 2).flatten(2))
+
+
+class PerceiverResampler(nn.Module):
+    """Flamingo's Perceiver Resampler (also BLIP-3 / xGen-MM's prefix bridge): `num_latents` learned latents read a
+    variable number of vision tokens through `depth` blocks of [perceiver attention, feed-forward], each residual.
+
+    Input `(B, N, D_in)` for images, or `(B, F, N, D_in)` for F video frames, which first get a learned per-frame
+    time embedding and are then read as one set of F * N tokens. Output `(B, num_latents, D_out)`: the latents stay at
+    the vision width, and a final linear map takes them to `out_features` (None: no map, as in Flamingo, whose
+    cross-attention reads the vision width).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int | None = None,
+        num_latents: int = 64,
+        depth: int = 6,
+        heads: int = 8,
+        head_dim: int = 64,
+        max_frames: int = 8,
+        ff_mult: int = 4,
+    ):
+        super().__init__()
+        self.latents = nn.Parameter(torch.zeros(num_latents, in_features))
+        self.frame_embeddings = nn.Parameter(torch.zeros(max_frames, in_features))
+        self.layers = nn.ModuleList()
+        for _ in range(depth):
+            feed_forward = nn.Sequential(
+                nn.LayerNorm(in_features),
+                nn.Linear(in_features, ff_mult * in_features, bias=False),
+                nn.GELU(),
+                nn.Linear(ff_mult * in_features, in_features, bias=False),
+            )
+            self.layers.append(nn.ModuleList([PerceiverAttention(in_features, heads, head_dim), feed_forward]))
+        self.norm = nn.LayerNorm(in_features)
+        self.projection = nn.Linear(in_features, out_features) if out_features is not None else nn.Identity()
+
+    def num_output_tokens(self, height: int = 0, width: int = 0) -> int:
+        return self.latents.shape[0]
+
+    def forward(self, image_features: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+        x = image_features.to(self.latents.dtype)
+        if x.dim() == 4:  # (B, F, N, D): add each frame's time embedding, then read all frames as one set
+            frames = x.shape[1]
+            if frames > self.frame_embeddings.shape[0]:
+                raise ValueError(f"{frames} frames > the resampler's max_frames={self.frame_embeddings.shape[0]}.")
+            x = (x + self.frame_embeddings[:frames, None]).flatten(1, 2)  # (B, F * N, D)
+        latents = self.latents.expand(x.shape[0], -1, -1)  # (B, n, D)
+        for attention, feed_forward in self.layers:
+            latents = latents + attention(x, latents)
+            latents = latents + feed_forward(latents)
+        return self.projection(self.norm(latents))  # (B, n, D_out)
+
+
 BRIDGES: dict[str, type[nn.Module]] = {
     "linear": LinearBridge,
     "mlp2x_gelu": Mlp2xGeluBridge,
     "pixel_shuffle": PixelShuffleBridge,
+    "perceiver": PerceiverResampler,
 }
 
 

@@ -4,6 +4,8 @@ causal LM, split into its bare decoder and its output head. Shared by every fami
 
 from __future__ import annotations
 
+import torch
+from torch import nn
 from transformers import (
     MODEL_FOR_CAUSAL_LM_MAPPING,
     MODEL_MAPPING,
@@ -78,6 +80,26 @@ def check_text_config(text_config: PreTrainedConfig) -> None:
         )
 
 
+def tower_features(vision_tower: nn.Module, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, D_v): every token (CLS included) of hidden state `layer`; -1 is `last_hidden_state`,
+    the tower's own final output (post-layernorm where the tower has one, as BLIP-2's ViT)."""
+    pixel_values = pixel_values.to(vision_tower.dtype)
+    if layer == -1:
+        return vision_tower(pixel_values=pixel_values, return_dict=True).last_hidden_state
+    outputs = vision_tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+    return outputs.hidden_states[layer]
+
+
+def check_feature_layer(vision_config: PreTrainedConfig, layer: int) -> None:
+    """`layer` indexes one of the tower's hidden states (the embeddings and every block)."""
+    num_states = vision_config.num_hidden_layers + 1
+    if not -num_states <= layer < num_states:
+        raise ValueError(
+            f"vision_feature_layer={layer} is out of range: the tower has {num_states} hidden states, so it must lie "
+            f"in [{-num_states}, {num_states - 1}]."
+        )
+
+
 def embedding_weight_name(language_model: PreTrainedModel) -> str:
     """The input embedding's weight name inside `language_model` (embed_tokens, wte, decoder.embed_tokens ...),
     for `_tied_weights_keys`."""
@@ -108,4 +130,6 @@ __all__ = [
     "split_causal_lm",
     "embedding_weight_name",
     "check_text_config",
+    "check_feature_layer",
+    "tower_features",
 ]

@@ -31,6 +31,7 @@ class HfMmLlavaProcessor(ProcessorMixin):
     patch_size: the vision tower's patch size.
     num_additional_image_tokens: tokens per image beyond the patch grid (CLS/registers kept by `full`).
     downsample_factor: side of the patch neighbourhood the bridge merges into one token (pixel shuffle), else 1.
+    fixed_image_tokens: tokens per image for bridges that emit a fixed count (`perceiver`), else None.
     """
 
     def __init__(
@@ -42,8 +43,10 @@ class HfMmLlavaProcessor(ProcessorMixin):
         num_additional_image_tokens: int = 0,
         downsample_factor: int = 1,
         image_token: str = IMAGE_TOKEN,
+        fixed_image_tokens: int | None = None,
         **kwargs,
     ):
+        self.fixed_image_tokens = fixed_image_tokens
         self.patch_size = patch_size
         self.num_additional_image_tokens = num_additional_image_tokens
         self.downsample_factor = downsample_factor
@@ -83,10 +86,13 @@ class HfMmLlavaProcessor(ProcessorMixin):
             patch_size=config.vision_config.patch_size,
             num_additional_image_tokens=config.num_additional_image_tokens,
             downsample_factor=config.image_downsample_factor,
+            fixed_image_tokens=config.fixed_image_tokens,
         )
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """Placeholders for one processed image of `height` x `width` pixels."""
+        if self.fixed_image_tokens is not None:
+            return self.fixed_image_tokens
         grid_h, grid_w = height // self.patch_size, width // self.patch_size
         s = self.downsample_factor
         if grid_h % s or grid_w % s:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib import resources
 
 IMAGE_TOKEN = "<image>"
+END_OF_CHUNK = "<|endofchunk|>"  # Flamingo: closes each (image, text) chunk of an interleaved sequence
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 
 
@@ -41,6 +42,14 @@ def prepare_tokenizer(tokenizer, image_token: str = IMAGE_TOKEN):
     return tokenizer
 
 
+def prepare_flamingo_tokenizer(tokenizer):
+    """`prepare_tokenizer` (`<image>`, pad, a chat template) plus Flamingo's `<|endofchunk|>`, in place."""
+    tokenizer = prepare_tokenizer(tokenizer)
+    if END_OF_CHUNK not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [END_OF_CHUNK]}, replace_extra_special_tokens=False)
+    return tokenizer
+
+
 def end_of_turn_ids(tokenizer) -> list[int]:
     """Token ids that end a turn besides EOS: `<|im_end|>` when the chat template uses it. Generation must stop
     there, or a chat model trained on ChatML keeps talking after its answer."""
@@ -59,6 +68,8 @@ def stop_at_end_of_turn(generation_config, tokenizer) -> None:
 __all__ = [
     "stop_at_end_of_turn",
     "IMAGE_TOKEN",
+    "END_OF_CHUNK",
+    "prepare_flamingo_tokenizer",
     "CHATML_TOKENS",
     "default_chat_template",
     "prepare_tokenizer",

@@ -45,7 +45,8 @@ class TestLlavaFamily(VLMModelTestMixin):
     def trainable_exempt(self, name, config):
         # Tower parts off LLaVA's path: pooling heads, the final norm after the hidden state read (hidden_states[-1]
         # is pre-norm), DINOv2's masked-image-modelling token. Only at the tower's root, never inside its blocks.
-        return UNUSED_TOWER_PARTS.match(name) is not None
+        # The perceiver's per-frame time embeddings serve video frames only; these cases are single images.
+        return UNUSED_TOWER_PARTS.match(name) is not None or name == "model.bridge.frame_embeddings"
 
 
 def test_roles_are_named_and_lm_head_ties_when_the_lm_ties():

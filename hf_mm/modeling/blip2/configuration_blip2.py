@@ -17,7 +17,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, Blip2QFormerConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ..towers import check_text_config, is_buildable_tower
+from ..towers import check_feature_layer, check_text_config, is_buildable_tower
 
 
 def check_vision_config(vision_config: PreTrainedConfig) -> None:
@@ -78,12 +78,7 @@ class HfMmBlip2Config(PreTrainedConfig):
             )
         if self.num_query_tokens < 1:
             raise ValueError(f"num_query_tokens must be >= 1, got {self.num_query_tokens}.")
-        num_states = self.vision_config.num_hidden_layers + 1
-        if not -num_states <= self.vision_feature_layer < num_states:
-            raise ValueError(
-                f"vision_feature_layer={self.vision_feature_layer} is out of range: the tower has {num_states} "
-                f"hidden states, so it must lie in [{-num_states}, {num_states - 1}]."
-            )
+        check_feature_layer(self.vision_config, self.vision_feature_layer)
         self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True

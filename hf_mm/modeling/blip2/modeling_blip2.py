@@ -41,7 +41,7 @@ from ..llava.modeling_llava import (
     HfMmLlavaModel,
     HfMmLlavaModelOutputWithPast,
 )
-from ..towers import load_vision_tower, tower_from_config
+from ..towers import load_vision_tower, tower_features, tower_from_config
 from .configuration_blip2 import HfMmBlip2Config
 from .masks import qformer_attention_mask
 
@@ -50,16 +50,6 @@ logger = logging.get_logger(__name__)
 # LAVIS clamps its temperature to [0.001, 0.5]; as a log-scale: log(1/0.5) .. log(1/0.001).
 LOGIT_SCALE_RANGE = (math.log(2.0), math.log(1000.0))
 LABEL_SMOOTHING = 0.1  # LAVIS's, for ITC and ITG
-
-
-def tower_features(vision_tower: nn.Module, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, N, D_v): every token (CLS included) of hidden state `layer`; -1 is `last_hidden_state`,
-    the tower's own final output (post-layernorm where the tower has one, as BLIP-2's ViT)."""
-    pixel_values = pixel_values.to(vision_tower.dtype)
-    if layer == -1:
-        return vision_tower(pixel_values=pixel_values, return_dict=True).last_hidden_state
-    outputs = vision_tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
-    return outputs.hidden_states[layer]
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -570,5 +560,4 @@ __all__ = [
     "HfMmBlip2ImageTextOutput",
     "QFormerBridge",
     "hard_negatives",
-    "tower_features",
 ]

@@ -61,10 +61,12 @@ def check_vision_config(vision_config: PreTrainedConfig) -> None:
 class HfMmLlavaConfig(PreTrainedConfig):
     r"""
     vision_config: any AutoConfig vision encoder. text_config: any AutoConfig causal LM.
-    bridge_type: one of `BRIDGES` (`linear`, `mlp2x_gelu`, `pixel_shuffle`).
+    bridge_type: one of `BRIDGES` (`linear`, `mlp2x_gelu`, `pixel_shuffle`, `perceiver`).
     bridge_hidden_size: hidden width of MLP bridges (None: the LM width).
     bridge_bias: bias in the bridge's linear layers.
     pixel_shuffle_factor: side s of the s x s neighbourhoods the `pixel_shuffle` bridge concatenates.
+    perceiver_num_latents, perceiver_depth, perceiver_heads, perceiver_head_dim: the `perceiver` bridge's latents
+        (= tokens per image), blocks, attention heads and head width (BLIP-3 / xGen-MM: 128 latents).
     vision_feature_layer: index of the tower hidden state to read, or a list whose states are concatenated.
     vision_feature_select_strategy: `default` drops CLS/register tokens, `full` keeps them.
     image_token_id: id of the `<image>` placeholder token.
@@ -96,6 +98,10 @@ class HfMmLlavaConfig(PreTrainedConfig):
     bridge_hidden_size: int | None = None
     bridge_bias: bool = True
     pixel_shuffle_factor: int = 2
+    perceiver_num_latents: int = 64
+    perceiver_depth: int = 6
+    perceiver_heads: int = 8
+    perceiver_head_dim: int = 64
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: str = "default"
     image_token_id: int = 32000
@@ -115,6 +121,9 @@ class HfMmLlavaConfig(PreTrainedConfig):
         self._check_feature_layers()
         if self.pixel_shuffle_factor < 1:
             raise ValueError(f"pixel_shuffle_factor must be >= 1, got {self.pixel_shuffle_factor}.")
+        for name in ("perceiver_num_latents", "perceiver_depth", "perceiver_heads", "perceiver_head_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         self._check_grid_bridge()
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):
             self.tie_word_embeddings = True
@@ -152,7 +161,16 @@ class HfMmLlavaConfig(PreTrainedConfig):
             "bias": self.bridge_bias,
             "hidden_size": self.bridge_hidden_size,
             "factor": self.pixel_shuffle_factor,
+            "num_latents": self.perceiver_num_latents,
+            "depth": self.perceiver_depth,
+            "heads": self.perceiver_heads,
+            "head_dim": self.perceiver_head_dim,
         }
+
+    @property
+    def fixed_image_tokens(self) -> int | None:
+        """Tokens per image when the bridge emits a fixed count whatever the image size (`perceiver`), else None."""
+        return self.perceiver_num_latents if self.bridge_type == "perceiver" else None
 
     @property
     def image_downsample_factor(self) -> int:

@@ -20,7 +20,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
 from ...processing.tokenization import IMAGE_TOKEN, prepare_tokenizer, stop_at_end_of_turn
-from ..bridges import build_bridge
+from ..bridges import PerceiverResampler, build_bridge
 from ..towers import embedding_weight_name, load_causal_lm, load_vision_tower, split_causal_lm, tower_from_config
 from .configuration_llava import HfMmLlavaConfig
 
@@ -79,10 +79,14 @@ class HfMmLlavaPreTrainedModel(PreTrainedModel):
 
         Towers are built by their own classes, which initialise themselves through this same hook chain; only the
         bridge is ours. Its linear layers get N(0, initializer_range of the LM) and zero bias, as LLaVA's projector
-        in transformers, so a fresh bridge emits small features of the LM's embedding scale.
+        in transformers, so a fresh bridge emits small features of the LM's embedding scale; a perceiver's latents
+        and frame embeddings get N(0, 1), as in Flamingo.
         """
         std = getattr(self.config.text_config, "initializer_range", 0.02)
-        if isinstance(module, nn.Linear):
+        if isinstance(module, PerceiverResampler):  # its own parameters; its layers are visited on their own
+            module.latents.normal_()  # N(0, 1), as Flamingo's latents and time embeddings
+            module.frame_embeddings.normal_()
+        elif isinstance(module, nn.Linear):
             module.weight.normal_(mean=0.0, std=std)
             if module.bias is not None:
                 module.bias.zero_()
@@ -201,6 +205,10 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel):
                 "The text holds <image> placeholders but no pixel_values were given."
             )
 
+        return self._decode(inputs_embeds, attention_mask, position_ids, past_key_values, image_features, **kwargs)
+
+    def _decode(self, inputs_embeds, attention_mask, position_ids, past_key_values, image_features, **kwargs):
+        """The LM decoder on the fused embeddings; `image_features` are returned as `image_hidden_states`."""
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -270,14 +278,11 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
         # Keep the attention each tower resolved; building the composite config resets the shared sub-configs'.
         text_attn = causal_lm.config._attn_implementation
         vision_attn = vision_tower.config._attn_implementation
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
+        tokenizer, token_ids = cls._prepare_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
         if len(tokenizer) > causal_lm.get_input_embeddings().num_embeddings:
             causal_lm.resize_token_embeddings(len(tokenizer))
         config = cls.config_class(
-            vision_config=vision_tower.config,
-            text_config=causal_lm.config,
-            image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-            **config_kwargs,
+            vision_config=vision_tower.config, text_config=causal_lm.config, **token_ids, **config_kwargs
         )
         config._attn_implementation = {"": text_attn, "text_config": text_attn, "vision_config": vision_attn}
         with torch.device("meta"):  # the towers are replaced below; don't allocate them twice
@@ -295,6 +300,13 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
                     setattr(model, flag, getattr(causal_lm, flag))
             model.config.quantization_config = _skip_non_lm_roles(causal_lm.config.quantization_config)
         return model.eval()
+
+    @staticmethod
+    def _prepare_tokenizer(tokenizer):
+        """(the LM's tokenizer with `<image>` and a chat template, the config's token-id fields); the processor's
+        `from_vision_text_pretrained` prepares the tokenizer the same way."""
+        tokenizer = prepare_tokenizer(tokenizer)
+        return tokenizer, {"image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}
 
     def _new_bridge(self, device) -> nn.Module:
         """A freshly initialised bridge for `self.config`, on `device`, in the LM's floating dtype."""
