@@ -190,14 +190,42 @@ def tiny_flamingo_config(vision: str = "clip", text: str = "llama", **kwargs) ->
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         end_of_chunk_token_id=tokenizer.convert_tokens_to_ids("<|endofchunk|>"),
     )  # fmt: skip
-    return HfMmFlamingoConfig(
-        vision_config=tiny_vision_config(vision), text_config=tiny_text_config(text), **{**settings, **kwargs}
-    )
+    settings = {"vision_config": tiny_vision_config(vision), "text_config": tiny_text_config(text), **settings}
+    return HfMmFlamingoConfig(**{**settings, **kwargs})
 
 
 def tiny_flamingo_processor(vision: str = "clip") -> HfMmFlamingoProcessor:
     """The processor matching `tiny_flamingo_config`: the tower's image processor and the prepared tiny tokenizer."""
     return HfMmFlamingoProcessor(tiny_image_processor(vision), prepare_flamingo_tokenizer(tiny_tokenizer()))
+
+
+def train_tiny_causal_lm(
+    path: str | os.PathLike, make_chat, steps: int = 400, kind: str = "llama", prepare=prepare_tokenizer, seed: int = 0
+) -> str:
+    """Train a tiny causal LM on chats and save it with its tokenizer (prepared by `prepare`) to `path`.
+
+    `make_chat(rng)` returns one conversation (messages) drawn with the `random.Random` it is given. Frozen-LLM
+    recipes (BLIP-2 stage 2, Flamingo) need an LLM that already knows the language: a random LM's flat output
+    cannot be steered by a soft prompt or a gated block, where a pretrained one can.
+    """
+    import random
+
+    import torch
+
+    tokenizer = prepare(tiny_tokenizer())
+    tokenizer.padding_side = "right"
+    torch.manual_seed(seed)
+    lm = AutoModelForCausalLM.from_config(tiny_text_config(kind, vocab_size=len(tokenizer)))
+    optimizer, rng = torch.optim.AdamW(lm.parameters(), lr=3e-3), random.Random(seed)
+    for _ in range(steps):
+        chats = [tokenizer.apply_chat_template(make_chat(rng), tokenize=False) for _ in range(32)]
+        batch = tokenizer(chats, return_tensors="pt", padding=True)
+        lm(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    lm.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
 
 
 def random_images(n: int, seed: int = 0, size: tuple[int, int] = (40, 48)) -> list[PIL.Image.Image]:
@@ -252,4 +280,5 @@ __all__ = [
     "save_tiny_vision_tower",
     "save_tiny_dual_encoder",
     "save_tiny_causal_lm",
+    "train_tiny_causal_lm",
 ]

@@ -444,6 +444,51 @@ def digits(n: int, seed: int = 0, image_size: int = 32, split: str = "train") ->
     return samples
 
 
+# ---------------------------------------------------------------- two-image comparison
+
+COMPARE_QUESTION = "Which image has more circles, the first or the second?"
+COMPARE_ANSWERS = ("first", "second")
+
+
+def _circles_scene(
+    rng: np.random.Generator, circles: int, others: int, image_size: int
+) -> tuple[PILImage.Image, dict]:
+    shapes = _layout(rng, circles + others, image_size) if circles + others else []
+    for i, shape in enumerate(shapes):
+        shape["shape"] = "circle" if i < circles else _pick(rng, ("square", "triangle"))
+    image, background = _render_scene(rng, shapes, image_size)
+    return image, {"shapes": shapes, "background": background}
+
+
+def compare_counts(
+    n: int, seed: int = 0, image_size: int = 64, split: str = "train", max_circles: int = 3, distractors: bool = False
+) -> list[dict]:
+    """Two images per sample: "Which image has more circles, the first or the second?" -> "first" / "second".
+
+    Each image holds 0..`max_circles` circles (never the same count in both; answers alternate, so chance is 50%),
+    plus up to one square or triangle each when `distractors`. ``meta`` holds both scenes and ``counts``.
+    """
+    rng = _rng(seed, split)
+    samples = []
+    for i in range(n):
+        low = int(rng.integers(0, max_circles))
+        high = int(rng.integers(low + 1, max_circles + 1))
+        counts = (high, low) if i % 2 == 0 else (low, high)
+        scenes = [
+            _circles_scene(rng, count, int(rng.integers(0, 2)) if distractors else 0, image_size) for count in counts
+        ]
+        messages = [
+            {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": COMPARE_QUESTION}]},
+            {"role": "assistant", "content": [{"type": "text", "text": COMPARE_ANSWERS[i % 2]}]},
+        ]  # fmt: skip
+        samples.append({
+            "images": [image for image, _ in scenes], "messages": messages, "answer": COMPARE_ANSWERS[i % 2],
+            "task": "compare_counts", "question_type": "compare",
+            "meta": {"counts": list(counts), "scenes": [meta for _, meta in scenes]},
+        })  # fmt: skip
+    return samples
+
+
 # ---------------------------------------------------------------- registry and Dataset
 
 
@@ -452,6 +497,7 @@ TASKS: dict[str, Callable[..., list[dict]]] = {
     "grounding": grounding,
     "ocr": ocr,
     "digits": digits,
+    "compare_counts": compare_counts,
 }
 
 _FEATURES = {

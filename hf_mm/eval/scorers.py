@@ -17,7 +17,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-EXACT_MATCH_TASKS = ("shapes_vqa", "ocr", "digits")
+EXACT_MATCH_TASKS = ("shapes_vqa", "ocr", "digits", "compare_counts")
 BOX_TASKS = ("grounding",)
 TASK_NAMES = EXACT_MATCH_TASKS + BOX_TASKS
 

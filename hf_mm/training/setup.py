@@ -20,8 +20,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationM
 from trl import ModelConfig, get_quantization_config
 
 from ..modeling.blip2 import HfMmBlip2ForConditionalGeneration
+from ..modeling.flamingo import HfMmFlamingoForConditionalGeneration
 from ..modeling.llava import HfMmLlavaForConditionalGeneration
-from ..processing import HfMmBlip2Processor, HfMmLlavaProcessor
+from ..processing import HfMmBlip2Processor, HfMmFlamingoProcessor, HfMmLlavaProcessor
 from .roles import ROLES
 from .stages import RoleSettings, apply_stage, get_stage, lora_target_modules, modules_to_save, param_groups
 
@@ -37,9 +38,14 @@ class HfMmArguments:
         default=None, metadata={"help": "Causal LM to compose with the vision tower."}
     )
     bridge_type: str = dataclasses.field(
-        default="mlp2x_gelu", metadata={"help": "Bridge for a new composition; `qformer` composes BLIP-2."}
+        default="mlp2x_gelu",
+        metadata={"help": "Bridge for a new composition; `qformer` composes BLIP-2, `gated_cross_attn` Flamingo."},
     )
     num_query_tokens: int = dataclasses.field(default=32, metadata={"help": "Q-Former queries (bridge_type=qformer)."})
+    num_latents: int = dataclasses.field(default=64, metadata={"help": "Resampler latents (gated_cross_attn)."})
+    cross_attn_every_n_layers: int = dataclasses.field(
+        default=4, metadata={"help": "Flamingo: a gated block before every n-th LM layer (gated_cross_attn)."}
+    )
     stage1_name_or_path: str | None = dataclasses.field(
         default=None,
         metadata={"help": "BLIP-2 stage 2: a stage-1 Q-Former (hf-mm qformer) + text_model_name_or_path."},
@@ -74,6 +80,13 @@ def load_model_and_processor(hf_args: HfMmArguments, model_args: ModelConfig):
                 quantization_config=quantization_config, **kwargs,
             )  # fmt: skip
             return model, HfMmBlip2Processor.from_vision_text_pretrained(*towers, **kwargs)
+        if hf_args.bridge_type == "gated_cross_attn":
+            model = HfMmFlamingoForConditionalGeneration.from_vision_text_pretrained(
+                *towers, dtype=dtype, attn_implementation=model_args.attn_implementation,
+                quantization_config=quantization_config, num_latents=hf_args.num_latents,
+                cross_attn_every_n_layers=hf_args.cross_attn_every_n_layers,
+            )  # fmt: skip
+            return model, HfMmFlamingoProcessor.from_vision_text_pretrained(*towers)
         model = HfMmLlavaForConditionalGeneration.from_vision_text_pretrained(
             *towers,
             bridge_type=hf_args.bridge_type,

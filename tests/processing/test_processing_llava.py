@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+import hf_mm
 from hf_mm import HfMmLlavaProcessor
 from hf_mm import testing as T
 from hf_mm.processing import prepare_tokenizer
@@ -14,7 +15,7 @@ def processor_for(bridge="mlp2x_gelu", vision="clip", **kwargs):
 
 @pytest.mark.parametrize(
     "bridge, strategy, expected",
-    [("linear", "default", 16), ("mlp2x_gelu", "full", 17), ("pixel_shuffle", "default", 4)],
+    [("linear", "default", 16), ("mlp2x_gelu", "full", 17), ("pixel_shuffle", "default", 4), ("perceiver", "full", 8)],
 )
 def test_expands_each_image_to_the_bridge_token_count(bridge, strategy, expected):
     config, processor = processor_for(bridge, vision_feature_select_strategy=strategy)
@@ -22,6 +23,19 @@ def test_expands_each_image_to_the_bridge_token_count(bridge, strategy, expected
     counts = [ids.count(config.image_token_id) for ids in inputs["input_ids"]]
     assert counts == [2 * expected, expected]
     assert np.asarray(inputs["pixel_values"]).shape == (3, 3, T.IMAGE_SIZE, T.IMAGE_SIZE)
+
+
+def test_perceiver_bridge_emits_a_fixed_count_whatever_the_image_size(tmp_path):
+    """BLIP-3's prefix bridge: num_latents tokens per image, for any number of vision tokens in."""
+    bridge = hf_mm.modeling.build_bridge("perceiver", 8, 16, num_latents=5, depth=1, heads=2, head_dim=4)
+    for tokens in (4, 17, 64):
+        assert bridge(torch.randn(2, tokens, 8)).shape == (2, 5, 16)
+    config, processor = processor_for("perceiver", perceiver_num_latents=6)
+    assert config.fixed_image_tokens == 6 and processor.num_image_tokens(224, 448) == 6
+    processor.save_pretrained(tmp_path)
+    reloaded = HfMmLlavaProcessor.from_pretrained(tmp_path)
+    inputs = reloaded(images=T.random_images(1), text="<image> what?")
+    assert inputs["input_ids"][0].count(config.image_token_id) == 6
 
 
 def test_batches_pad_on_the_tokenizer_side():

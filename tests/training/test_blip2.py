@@ -7,20 +7,16 @@ Learning check (stated margins; chance is 10% for ITC R@1 and VQA over ten digit
   caption stands where the image will): held-out digits VQA exact match >= chance + 20 points.
 """
 
-import random
-
 import pytest
 import torch
 from datasets import Dataset
 from transformers import (
-    AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoProcessor,
     BertConfig,
     BertForMaskedLM,
     TrainingArguments,
 )
-from trl import SFTConfig
 
 from hf_mm import testing as T
 from hf_mm.cli import main
@@ -33,7 +29,7 @@ from hf_mm.processing import HfMmBlip2Processor, prepare_tokenizer
 from hf_mm.training.contrastive import HfMmContrastiveTrainer
 from hf_mm.training.qformer import QFormerCollator, evaluate_stage1
 from hf_mm.training.setup import prepare_model
-from hf_mm.training.sft import HfMmSFTTrainer
+from tests.training.helpers import train_align
 from tests.training.test_cli import CPU, TINY_DATA
 
 CHANCE = 0.1
@@ -121,34 +117,18 @@ def test_stage1_itc_and_itm_beat_chance(stage1):
     assert after["itm/pairwise_accuracy"] > before["itm/pairwise_accuracy"] + 0.1
 
 
-def _pretrained_lm(path):
-    """A tiny Llama trained on chat text where a digit caption stands where the image will be: "the digit seven.
-    What digit is this?" -> "7". Frozen in stage 2, it answers from whatever its prefix says, as a real LLM does."""
-    tokenizer = prepare_tokenizer(T.tiny_tokenizer())
-    tokenizer.padding_side = "right"
-    torch.manual_seed(0)
-    lm = AutoModelForCausalLM.from_config(T.tiny_text_config("llama", vocab_size=len(tokenizer)))
-    optimizer, rng = torch.optim.AdamW(lm.parameters(), lr=3e-3), random.Random(0)
-    for _ in range(400):
-        chats = []
-        for label in (rng.randrange(10) for _ in range(32)):
-            user = [{"type": "text", "text": caption(label, rng.choice(TRAIN_TEMPLATES)) + ". "},
-                    {"type": "text", "text": synthetic.DIGITS_QUESTION}]  # fmt: skip
-            chat = [{"role": "user", "content": user}, {"role": "assistant", "content": str(label)}]
-            chats.append(tokenizer.apply_chat_template(chat, tokenize=False))
-        batch = tokenizer(chats, return_tensors="pt", padding=True)
-        lm(**batch, labels=batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    lm.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
+def _caption_chat(rng):
+    """A caption stands where the image will be: "the digit seven. What digit is this?" -> "7"."""
+    label = rng.randrange(10)
+    user = [{"type": "text", "text": caption(label, rng.choice(TRAIN_TEMPLATES)) + ". "},
+            {"type": "text", "text": synthetic.DIGITS_QUESTION}]  # fmt: skip
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": str(label)}]
 
 
 @pytest.mark.slow
 def test_stage2_vqa_beats_chance_with_the_llm_frozen(stage1):
     root = stage1[0]
-    lm = _pretrained_lm(root / "lm")
+    lm = T.train_tiny_causal_lm(root / "lm", _caption_chat)  # frozen in stage 2, as a real LLM
     model = HfMmBlip2ForConditionalGeneration.from_stage1(root / "stage1", lm)
     processor = HfMmBlip2Processor.from_stage1(root / "stage1", lm)
     lm_weights = {k: v.clone() for k, v in model.model.language_model.state_dict().items()}
@@ -160,15 +140,7 @@ def test_stage2_vqa_beats_chance_with_the_llm_frozen(stage1):
         return evaluate(predictions, held_out)["overall"]
 
     before = exact_match()
-    model = prepare_model(model, "align")
-    args = SFTConfig(
-        output_dir=str(root / "stage2"), max_steps=300, per_device_train_batch_size=32, learning_rate=1e-3,
-        lr_scheduler_type="cosine", warmup_steps=0.05, bf16=False, save_strategy="no", report_to="none",
-        max_length=256, disable_tqdm=True, use_cpu=True, logging_steps=100,
-    )  # fmt: skip
-    processor.tokenizer.padding_side = "right"
-    dataset = synthetic.to_dataset(synthetic.digits(4000, image_size=32))
-    HfMmSFTTrainer(model=model, args=args, processing_class=processor, train_dataset=dataset, stage="align").train()
+    model = train_align(model, processor, synthetic.digits(4000, image_size=32), root / "stage2")
     after = exact_match()
     print(f"BLIP-2 stage 2 digits VQA exact match: {before:.1%} -> {after:.1%} (chance {CHANCE:.0%})")
     assert after >= CHANCE + 0.2
