@@ -6,6 +6,8 @@ hf-mm contrastive --config recipes/clip_digits.yaml                     CLIP / S
 hf-mm qformer --config recipes/blip2_stage1.yaml                        BLIP-2 stage 1 (ITC + ITM + ITG)
 hf-mm demo [--quick]                                                   the learning demo (align, then instruct)
 hf-mm convert llava|blip2|clip|siglip|qwen2_5_vl SRC DST              import a transformers checkpoint
+hf-mm push OUTPUT_DIR REPO_ID [--private]                              upload model, processor and card, one commit
+hf-mm export-remote-code DIR                                           make DIR loadable without hf_mm (remote code)
 """
 
 import argparse
@@ -22,6 +24,21 @@ def _convert(args: argparse.Namespace) -> None:
     if processor is not None:
         processor.save_pretrained(args.dst)
     print(f"Converted {args.family} checkpoint {args.src} -> {args.dst} ({model.num_parameters():,} parameters).")
+
+
+def _push(args: argparse.Namespace) -> None:
+    from . import hub
+
+    commit = hub.push(args.output_dir, args.repo_id, private=args.private or None, revision=args.revision,
+                      commit_message=args.commit_message, create_pr=args.create_pr, base_repo=args.base_repo)  # fmt: skip
+    print(f"Pushed {args.output_dir} to {commit.commit_url}")
+
+
+def _export_remote_code(args: argparse.Namespace) -> None:
+    from .remote_code import export_remote_code
+
+    written = export_remote_code(args.dir)
+    print(f"Wrote {len(written)} module files and auto_map to {args.dir}: loadable with trust_remote_code=True.")
 
 
 def _recipe(command: str, argv: list[str]) -> None:
@@ -62,6 +79,18 @@ def main(argv: list[str] | None = None) -> None:
     convert.add_argument("src", help="a local folder or Hub id of the source checkpoint")
     convert.add_argument("dst", help="the folder to save the hf_mm checkpoint and processor to")
     convert.set_defaults(func=_convert)
+    push = commands.add_parser("push", help="upload a saved model (or adapter) with its processor and model card")
+    push.add_argument("output_dir", help="the saved folder (a training run's output_dir)")
+    push.add_argument("repo_id", help="the Hub repository, e.g. user/my-vlm (the token: HF_TOKEN or `hf auth login`)")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.add_argument("--revision", default=None, help="branch to commit to")
+    push.add_argument("--commit-message", default=None)
+    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing")
+    push.add_argument("--base-repo", default=None, help="for an adapter: the repo its (local) base is published to")
+    push.set_defaults(func=_push)
+    export = commands.add_parser("export-remote-code", help="write auto_map + module files for trust_remote_code")
+    export.add_argument("dir", help="a saved hf_mm model folder")
+    export.set_defaults(func=_export_remote_code)
     args = parser.parse_args(argv)
     args.func(args)
 

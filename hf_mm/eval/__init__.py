@@ -1,5 +1,6 @@
-"""Scoring: hf_mm's synthetic tasks (``scorers``) and dual encoders' zero-shot classification and retrieval."""
+"""Scoring: hf_mm's synthetic tasks (``scorers``, answers from ``predict``) and dual encoders' zero-shot classification and retrieval."""
 
+from .generation import predict
 from .scorers import (
     box_iou,
     evaluate,
@@ -25,5 +26,6 @@ __all__ = [
     "grounding_score",
     "normalize_answer",
     "parse_box",
+    "predict",
     "score",
 ]

@@ -11,14 +11,17 @@ image tower, as in LiT); `use_peft` puts LoRA on the text tower, and `lora_visio
 """
 
 import dataclasses
+from pathlib import Path
 
 from datasets import Dataset, load_dataset, load_from_disk
 from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments
 from trl import ModelConfig, TrlParser
 
+from .. import hub
 from ..data.captions import digit_pairs
 from ..modeling.clip import HfMmClipModel
 from ..processing import HfMmClipProcessor
+from .publish import finish, hub_callbacks, hub_plan
 from .setup import RoleOptimizerMixin, prepare_model, resolve_stage
 from .stages import RoleSettings, get_stage
 
@@ -108,6 +111,7 @@ def load_dataset_for(args: ContrastiveArguments):
 def main(argv: list[str] | None = None) -> None:
     parser = TrlParser((ContrastiveArguments, TrainingArguments, ModelConfig))
     args, training_args, model_args = parser.parse_args_and_config(argv)
+    plan = hub_plan(training_args)
 
     # Model
     model, processor = load_model_and_processor(args, model_args)
@@ -125,13 +129,18 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset=train_dataset,
         stage=stage,
         max_length=args.max_length,
+        callbacks=hub_callbacks(plan),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
-    # Save
+    # Save, record, card (and push)
     trainer.save_model(training_args.output_dir)
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(training_args.output_dir)
+    bases = {"vision": args.vision_model_name_or_path, "text": args.text_model_name_or_path}
+    if model_args.model_name_or_path:
+        bases = {"model": model_args.model_name_or_path}
+    data = "hf_mm-digit-captions" if args.dataset_format == "digits" else Path(args.dataset_name or "").name
+    record = hub.training_record(trainer, "contrastive", args.stage, stage, bases, [data])
+    finish(trainer, processor, record, plan)
     print(
         f"[rank {training_args.process_index}/{training_args.world_size}] finished {trainer.state.global_step} steps"
     )

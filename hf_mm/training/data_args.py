@@ -9,6 +9,7 @@ Formats (`dataset_format`):
 """
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
@@ -37,6 +38,18 @@ class DataArguments:
     synthetic_image_size: int = dataclasses.field(default=64, metadata={"help": "Synthetic image side in pixels."})
     synthetic_seed: int = dataclasses.field(default=0, metadata={"help": "Seed of the synthetic generator."})
     preference: bool = dataclasses.field(default=False, metadata={"help": "Build preference pairs (set by DPO)."})
+    score_eval: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "After SFT, score the eval split with hf_mm's scorers; results go on the card."},
+    )
+
+
+def dataset_names(args: DataArguments) -> list[str]:
+    """How the model card names the training data: a Hub id as is, a local file or folder by its name only."""
+    if args.dataset_format == "synthetic":
+        return [f"hf_mm-synthetic/{args.synthetic_task}"]
+    name = args.dataset_name or ""
+    return [name if args.dataset_format == "hub" else Path(name).name]
 
 
 def load_train_eval(args: DataArguments) -> tuple[Dataset, Dataset | None]:

@@ -21,6 +21,7 @@ from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
 from .collators import DroppedSamplesCallback, check_overlong
 from .data_args import DataArguments, load_train_eval
+from .publish import hub_callbacks, hub_plan
 from .setup import (
     HfMmArguments,
     RoleOptimizerMixin,
@@ -29,7 +30,7 @@ from .setup import (
     resolve_stage,
     save_composed_base,
 )
-from .sft import save_and_report
+from .sft import run_record, save_and_report
 from .stages import RoleSettings, get_stage
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = TrlParser((HfMmArguments, DataArguments, DPOConfig, ModelConfig))
     hf_args, data_args, training_args, model_args = parser.parse_args_and_config(argv)
     data_args.preference = True
+    plan = hub_plan(training_args)
 
     # Model
     model, processor = load_model_and_processor(hf_args, model_args)
@@ -126,11 +128,13 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=eval_dataset,
         stage=stage,
         overlong=data_args.overlong,
+        callbacks=hub_callbacks(plan),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     # Save (and push)
-    save_and_report(trainer, processor, training_args, model_args.use_peft)
+    record = run_record(trainer, "dpo", hf_args, model_args, data_args, stage)
+    save_and_report(trainer, processor, training_args, model_args.use_peft, record, plan)
 
 
 if __name__ == "__main__":

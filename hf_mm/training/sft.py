@@ -10,8 +10,10 @@ and counted, never truncated through an image), optimizer groups per role, and s
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
+from .. import hub
 from .collators import DroppedSamplesCallback, VisionSFTCollator
-from .data_args import DataArguments, load_train_eval
+from .data_args import DataArguments, dataset_names, load_train_eval
+from .publish import finish, hub_callbacks, hub_plan, score_split
 from .setup import (
     HfMmArguments,
     RoleOptimizerMixin,
@@ -62,6 +64,7 @@ class HfMmSFTTrainer(RoleOptimizerMixin, SFTTrainer):
 def main(argv: list[str] | None = None) -> None:
     parser = TrlParser((HfMmArguments, DataArguments, SFTConfig, ModelConfig))
     hf_args, data_args, training_args, model_args = parser.parse_args_and_config(argv)
+    plan = hub_plan(training_args)
 
     # Model
     model, processor = load_model_and_processor(hf_args, model_args)
@@ -82,20 +85,31 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=eval_dataset,
         stage=stage,
         overlong=data_args.overlong,
+        callbacks=hub_callbacks(plan),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
-    # Save (and push)
-    save_and_report(trainer, processor, training_args, model_args.use_peft)
+    # Save, record, card (and push)
+    scores = None
+    if data_args.score_eval and eval_dataset is not None and trainer.is_world_process_zero():
+        scores = score_split(trainer.model, processor, eval_dataset)
+    record = run_record(trainer, "sft", hf_args, model_args, data_args, stage, scores)
+    save_and_report(trainer, processor, training_args, model_args.use_peft, record, plan)
 
 
-def save_and_report(trainer, processor, training_args, adapter: bool) -> None:
-    """Save the model (or adapter) with its processor, push if asked, and say where it went and how to load it."""
+def run_record(trainer, recipe, hf_args, model_args, data_args, stage, scores=None) -> dict:
+    """The training record (`hf_mm_training.json`) of an SFT or DPO run."""
+    bases = {"vision": hf_args.vision_model_name_or_path, "llm": hf_args.text_model_name_or_path}
+    if model_args.model_name_or_path:
+        bases = {"model": model_args.model_name_or_path}
+    names = dataset_names(data_args)
+    return hub.training_record(trainer, recipe, hf_args.stage, stage, bases, names, scores)
+
+
+def save_and_report(trainer, processor, training_args, adapter: bool, record: dict, plan=None) -> None:
+    """Save the model (or adapter) with its processor, record and card, push if asked, and say how to load it."""
     trainer.save_model(training_args.output_dir)
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(training_args.output_dir)
-    if training_args.push_to_hub:
-        trainer.push_to_hub()
+    finish(trainer, processor, record, plan)
     steps, rank, world = trainer.state.global_step, training_args.process_index, training_args.world_size
     print(f"[rank {rank}/{world}] finished {steps} steps")
     if not trainer.is_world_process_zero():

@@ -14,7 +14,7 @@ from hf_mm import HfMmFlamingoForConditionalGeneration, HfMmFlamingoProcessor
 from hf_mm import testing as T
 from hf_mm.cli import main
 from hf_mm.data import synthetic
-from hf_mm.eval import evaluate
+from hf_mm.eval import evaluate, predict
 from hf_mm.processing import prepare_flamingo_tokenizer
 from tests.training.helpers import train_align
 from tests.training.test_cli import CPU, TINY_DATA
@@ -53,17 +53,7 @@ def _text_chat(rng):
 
 
 def _exact_match(model, processor, samples) -> float:
-    model.eval()
-    processor.tokenizer.padding_side = "left"
-    predictions = []
-    for start in range(0, len(samples), 50):
-        chunk = samples[start : start + 50]
-        prompts = [processor.apply_chat_template([s["messages"][0]], add_generation_prompt=True) for s in chunk]
-        batch = processor(images=[s["images"] for s in chunk], text=prompts, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=6, do_sample=False)
-        predictions += processor.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return evaluate(predictions, samples)["overall"]
+    return evaluate(predict(model, processor, samples, max_new_tokens=6, batch_size=50), samples)["overall"]
 
 
 @pytest.mark.slow

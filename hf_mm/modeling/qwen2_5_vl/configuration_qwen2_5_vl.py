@@ -10,6 +10,7 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ..towers import check_text_config
+from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
 
 
 def text_head_dim(text_config: PreTrainedConfig) -> int:
@@ -28,7 +29,8 @@ class HfMmQwen2_5_VLConfig(PreTrainedConfig):
     model_type = "hf_mm_qwen2_5_vl"
     auto_map = {}  # read by TRL; a class attribute is never serialized
     sub_configs_defaults = {
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="hf_mm_qwen2_5_vit"),
+        # The concrete class, not AutoConfig: a remote-code export (no hf_mm, so no registered model_type) rebuilds it.
+        "vision_config": SubConfigSpec(config_class=HfMmQwen2_5_ViTConfig),
         "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
     }
 

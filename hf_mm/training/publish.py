@@ -1,0 +1,98 @@
+"""The end of every training CLI: save, record, write the card, push.
+
+`--push_to_hub` (transformers' flag) is taken over here so that every push, at checkpoints and at the end, goes
+through `hf_mm.hub.push`: one commit with the generated card, safetensors and JSON only. transformers' own push would
+upload `training_args.bin`, a pickle that also holds `--hub_token` if one was given; so `hub_token` is refused, and
+the token comes from `HF_TOKEN` or `hf auth login` only. `hub_strategy` other than `end` pushes every saved
+checkpoint's weights as its own commit (never its optimizer or RNG pickles).
+"""
+
+import dataclasses
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from .. import hub
+from ..eval import evaluate, predict
+from ..eval.scorers import BOX_TASKS
+
+
+@dataclasses.dataclass
+class HubPlan:
+    repo_id: str
+    private: bool | None = None
+    revision: str | None = None
+    every_save: bool = False
+
+
+def hub_plan(training_args) -> HubPlan | None:
+    """Read (and switch off) transformers' push settings; None when not pushing."""
+    if training_args.hub_token:
+        raise ValueError(
+            "hub_token was given on the command line or in the recipe; it would be saved inside training_args.bin. "
+            "Remove it and set the HF_TOKEN environment variable or run `hf auth login` instead."
+        )
+    if not training_args.push_to_hub:
+        return None
+    strategy = getattr(training_args.hub_strategy, "value", training_args.hub_strategy)
+    plan = HubPlan(
+        repo_id=training_args.hub_model_id or Path(training_args.output_dir).resolve().name,
+        private=training_args.hub_private_repo,
+        revision=training_args.hub_revision,
+        every_save=strategy != "end",
+    )
+    training_args.push_to_hub = False  # the Trainer must not push on its own (see the module docstring)
+    return plan
+
+
+class HubPushCallback(TrainerCallback):
+    """Push each saved checkpoint's model, processor and card (hub_strategy other than `end`)."""
+
+    def __init__(self, plan: HubPlan):
+        self.plan = plan
+        self.base_pushed = False
+
+    def on_save(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        checkpoint, base = Path(args.output_dir) / f"checkpoint-{state.global_step}", Path(args.output_dir) / "base"
+        base_repo = None
+        if (checkpoint / "adapter_config.json").is_file() and (base / "config.json").is_file():
+            base_repo = f"{self.plan.repo_id}-base"  # where the final push puts the composed base, too
+            if not self.base_pushed:
+                hub.push(base, base_repo, private=self.plan.private, revision=self.plan.revision)
+                self.base_pushed = True
+        hub.push(checkpoint, self.plan.repo_id, private=self.plan.private, revision=self.plan.revision,
+                 commit_message=f"Checkpoint at step {state.global_step}", base_repo=base_repo)  # fmt: skip
+
+
+def hub_callbacks(plan: HubPlan | None) -> list[TrainerCallback]:
+    return [HubPushCallback(plan)] if plan and plan.every_save else []
+
+
+def score_split(model, processor, dataset, split: str = "test", max_new_tokens: int = 32) -> list[dict]:
+    """hf_mm's scorers on a held-out split with `answer` and `task` columns: one card row per task."""
+    scores = evaluate(predict(model, processor, dataset, max_new_tokens=max_new_tokens), dataset)
+    counts = {}
+    for task in dataset["task"]:
+        counts[task] = counts.get(task, 0) + 1
+    return [
+        {"task": task, "dataset": f"hf_mm-synthetic/{task}", "split": split, "samples": counts[task],
+         "metric": "iou@0.5" if task in BOX_TASKS else "exact_match", "value": round(value, 4)}
+        for task, value in scores["per_task"].items()
+    ]  # fmt: skip
+
+
+def finish(trainer, processor, record: dict, plan: HubPlan | None) -> None:
+    """On the main process: the processor, the training record and the card next to the weights; then the push."""
+    if not trainer.is_world_process_zero():
+        return
+    out = trainer.args.output_dir
+    trainer.save_state()  # trainer_state.json: the log the record's numbers come from
+    processor.save_pretrained(out)
+    hub.write_training_record(out, record)
+    hub.save_model_card(out, plan.repo_id if plan else None)
+    if plan:
+        commit = hub.push(out, plan.repo_id, private=plan.private, revision=plan.revision,
+                          commit_message=f"Trained with hf-mm {record['recipe']}: {record['global_step']} steps")  # fmt: skip
+        print(f"Pushed {out} to {commit.commit_url}")
