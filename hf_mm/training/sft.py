@@ -5,7 +5,8 @@ Launch:
     accelerate launch --config_file recipes/accelerate/fsdp.yaml -m hf_mm.training.sft --config ...
 
 What hf_mm adds to TRL's SFTTrainer: `VisionSFTCollator` (loss on assistant tokens only; over-long samples dropped
-and counted, never truncated through an image), optimizer groups per role, and stage / LoRA set-up from the roles.
+and counted, never truncated through an image), padding-free packing for VLMs (`packing: true`,
+`VisionPackingCollator`), optimizer groups per role, and stage / LoRA set-up from the roles.
 """
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
@@ -13,6 +14,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 from .. import hub
 from .collators import DroppedSamplesCallback, VisionSFTCollator
 from .data_args import DataArguments, dataset_names, load_train_eval
+from .packing import VisionPackingCollator
 from .publish import finish, hub_callbacks, hub_plan, score_split
 from .setup import (
     HfMmArguments,
@@ -45,7 +47,11 @@ class HfMmSFTTrainer(RoleOptimizerMixin, SFTTrainer):
         **kwargs,
     ):
         self.stage = get_stage(stage)
-        self.collator = VisionSFTCollator(processing_class, max_length=args.max_length, overlong=overlong)
+        # `packing: true` is hf_mm's padding-free VLM packing (TRL refuses packing for vision data): our collator
+        # packs, so TRL's own dataset packing stays off.
+        collator_class = VisionPackingCollator if args.packing else VisionSFTCollator
+        args.packing = False
+        self.collator = collator_class(processing_class, max_length=args.max_length, overlong=overlong)
         # Our collator needs the raw columns; TRL's own preparation would tokenize without the images.
         args.remove_unused_columns = False
         args.dataset_kwargs = {**(args.dataset_kwargs or {}), "skip_prepare_dataset": True}

@@ -10,7 +10,8 @@ parameter names stay untouched, so a pretrained LM loads as is, LoRA targets it 
 at 0 (their init) the model *is* the LM: its logits equal the bare LM's bit for bit.
 
 Media masking follows the paper: every text token attends to the latest `<image>` at or before it, and tokens before
-the first image attend to no image (their cross-attention output is zero). Images are given flat, in order of their
+the first image attend to no image (their cross-attention output is zero). In packed rows (positions restarting per
+sample, no attention mask) the same holds within each sample. Images are given flat, in order of their
 `<image>` tokens across the batch, `pixel_values` (N_images, C, H, W), or (N_images, F, C, H, W) for F video frames.
 
 Departures from the paper / OpenFlamingo:
@@ -209,6 +210,16 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, HfMmLlavaModel):
             per_sample[b, : len(images)] = images
         return per_sample
 
+    def restart_per_sample(self, text_time, input_ids, position_ids) -> torch.Tensor:
+        """Packed rows (no attention mask, positions restarting at 0 per sample): a token sees the latest image of
+        its own sample only, and nothing before that sample's first image."""
+        is_start = position_ids == 0  # (B, L)
+        index = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        start = torch.cummax(torch.where(is_start, index, 0), dim=1).values  # each token's sample start
+        before = text_time - (input_ids == self.config.image_token_id).long()  # images strictly before each token
+        images_before_sample = before.gather(1, start)
+        return torch.where(text_time > images_before_sample, text_time, 0)
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -241,6 +252,8 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, HfMmLlavaModel):
         if media is not None:  # each token's latest image, 1-based; 0 before the first image
             text_time = torch.cumsum(input_ids == self.config.image_token_id, dim=1)
             text_time = text_time + (0 if media_offsets is None else media_offsets.to(text_time.device)[:, None])
+            if attention_mask is None and position_ids is not None and past_key_values is None:
+                text_time = self.restart_per_sample(text_time, input_ids, position_ids)
         for block in self.bridge.gated_cross_attn:
             block.media, block.text_time = media, text_time
         if inputs_embeds is None:
