@@ -37,6 +37,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--sides", type=int, nargs="+", default=[224, 448, 896])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=None, help="JSON path; '-' writes none (the harness keeps its own rows)")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     common = dict(
@@ -69,7 +70,10 @@ def main(argv=None) -> list[dict]:
             )
         print(f"| {row['side']} | {row['patches']} | {row['windowed_s'] * 1e3:.0f} | {row['full_s'] * 1e3:.0f} | "
               f"{row['ratio']:.2f} | {growth[0]} | {growth[1]} |")  # fmt: skip
-    out = Path(__file__).parent / "results" / f"{time.strftime('%Y-%m-%d')}-{platform.node()}-qwen2_5_vit.json"
+    if args.out == "-":
+        return rows
+    default = Path(__file__).parent / "results" / f"{time.strftime('%Y-%m-%d')}-{platform.node()}-qwen2_5_vit.json"
+    out = Path(args.out) if args.out else default
     out.parent.mkdir(exist_ok=True)
     out.write_text(
         json.dumps({"device": f"cpu x{torch.get_num_threads()} threads", "args": vars(args), "rows": rows}, indent=2)

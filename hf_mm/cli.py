@@ -8,9 +8,11 @@ hf-mm demo [--quick]                                                   the learn
 hf-mm convert llava|blip2|clip|siglip|qwen2_5_vl SRC DST              import a transformers checkpoint
 hf-mm push OUTPUT_DIR REPO_ID [--private]                              upload model, processor and card, one commit
 hf-mm export-remote-code DIR                                           make DIR loadable without hf_mm (remote code)
+hf-mm bench [--preset small|gpu|smoke]                                 hf_mm vs transformers (from a checkout)
 """
 
 import argparse
+import os
 import sys
 
 CONVERTERS = ("llava", "blip2", "clip", "siglip", "qwen2_5_vl")
@@ -41,6 +43,16 @@ def _export_remote_code(args: argparse.Namespace) -> None:
     print(f"Wrote {len(written)} module files and auto_map to {args.dir}: loadable with trust_remote_code=True.")
 
 
+def _bench(argv: list[str]) -> None:
+    # The harness lives in the repository's benchmarks/ (it is not part of the installed package).
+    sys.path.insert(0, os.getcwd())
+    try:
+        from benchmarks.run import main as bench
+    except ImportError as error:
+        raise SystemExit(f"hf-mm bench runs from a checkout of hf_mm, where benchmarks/ lives ({error}).") from None
+    bench(argv)
+
+
 def _recipe(command: str, argv: list[str]) -> None:
     # The recipes own their arguments (TrlParser: a YAML config, every field overridable on the command line).
     if command == "sft":
@@ -64,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("sft", "dpo", "contrastive", "qformer", "demo"):
         return _recipe(argv[0], argv[1:])
+    if argv and argv[0] == "bench":
+        return _bench(argv[1:])
     parser = argparse.ArgumentParser(prog="hf-mm", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     recipes = (
@@ -72,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         ("contrastive", "CLIP training"),
         ("qformer", "BLIP-2 stage-1 Q-Former training"),
     )
-    for name, text in (*recipes, ("demo", "learning demos")):
+    for name, text in (*recipes, ("demo", "learning demos"), ("bench", "benchmarks against transformers")):
         commands.add_parser(name, help=f"{text}; see `hf-mm {name} --help`")
     convert = commands.add_parser("convert", help="import a checkpoint from another library into hf_mm")
     convert.add_argument("family", choices=CONVERTERS)

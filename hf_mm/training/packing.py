@@ -12,8 +12,9 @@ as few rows of at most `max_length` tokens as best-fit-decreasing finds, and ret
 - `pixel_values` (and grids) in the order their placeholders appear row by row, as every family expects.
 The collator counts `tokens` (real) and `padding_tokens` (left at the ends of shorter rows; 0 with one row).
 
-Families: LLaVA (every bridge), BLIP-2 stage 2 and Flamingo (its media mask restarts per sample too). Qwen2.5-VL's
-M-RoPE positions are 3D and are not packed yet: its processor is refused with a clear error.
+Families: LLaVA (every bridge), BLIP-2 stage 2, Flamingo (its media mask restarts per sample too) and Qwen2.5-VL
+(each sample's 3D M-RoPE ids are built on their own, from its own grids). InstructBLIP's per-sample Q-Former
+instructions are not packed: an instruction-aware processor is refused with a clear error.
 """
 
 import dataclasses
@@ -22,7 +23,7 @@ import torch
 
 from .collators import IGNORE_INDEX, SEQUENCE_KEYS, VisionSFTCollator
 
-PACKED_KEYS = ("input_ids", "labels", "token_type_ids")
+PACKED_KEYS = ("input_ids", "labels", "token_type_ids", "mm_token_type_ids")
 
 
 def best_fit_decreasing(lengths: list[int], capacity: int | None) -> list[list[int]]:
@@ -52,11 +53,6 @@ class VisionPackingCollator(VisionSFTCollator):
 
     def __post_init__(self):
         super().__post_init__()
-        if type(self.processor).__name__.startswith("HfMmQwen2_5_VL"):
-            raise ValueError(
-                "packing=True is not supported for hf_mm_qwen2_5_vl yet: its M-RoPE positions are 3D and would need "
-                "to restart per sample. Train it with packing=False."
-            )
         if getattr(self.processor, "instruction_aware", False):
             raise ValueError(
                 "packing=True is not supported with an instruction-aware (InstructBLIP) processor: the Q-Former's "

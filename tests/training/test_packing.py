@@ -9,6 +9,7 @@ from hf_mm import HfMmLlavaForConditionalGeneration as Llava
 from hf_mm import testing as T
 from hf_mm.cli import main
 from hf_mm.data import synthetic
+from hf_mm.modeling.qwen2_5_vl.mrope import mrope_position_ids, packed_mrope_position_ids
 from hf_mm.training.collators import IGNORE_INDEX, VisionSFTCollator
 from hf_mm.training.packing import VisionPackingCollator, best_fit_decreasing
 from tests.training.test_cli import CPU, TINY_DATA
@@ -59,30 +60,63 @@ def _losses(model, batch: dict) -> torch.Tensor:
     return per_token[labels[:, 1:] != IGNORE_INDEX]  # row-major: sample order within each row
 
 
+def _check_packing(model, processor, samples, max_length) -> float:
+    """Packed per-token losses equal the same samples' unpacked losses; returns the max |difference|."""
+    plain = VisionSFTCollator(processor)
+    packer = VisionPackingCollator(processor, max_length=max_length)
+    packed_batch = packer(samples)
+    assert "attention_mask" not in packed_batch and packed_batch["use_cache"] is False
+    lengths = [plain.encode(s)["input_ids"].shape[-1] for s in samples]
+    rows = best_fit_decreasing(lengths, max_length)
+    assert packed_batch["input_ids"].shape[0] == len(rows) and packer.tokens == sum(lengths)
+    if max_length is None:
+        assert len(rows) == 1 and packer.padding_tokens == 0  # one row: no padding at all
+    order = [index for row in rows for index in row]  # the packed rows' sample order
+    expected = torch.cat([_losses(model, plain([samples[i]])) for i in order])
+    got = _losses(model, packed_batch)
+    assert got.shape == expected.shape
+    delta = (got - expected).abs().max().item()
+    assert delta <= 1e-5
+    return delta
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("max_length", [None, 160])
 def test_packed_and_unpacked_give_the_same_per_token_loss(case, max_length):
     build, processor_for, multi_image = CASES[case]
     torch.manual_seed(0)
     model = build().eval()
-    processor = processor_for(model.config)
-    samples = _samples(multi_image)
-    plain = VisionSFTCollator(processor)
-    unpacked = torch.cat([_losses(model, plain([sample])) for sample in samples])
+    _check_packing(model, processor_for(model.config), _samples(multi_image), max_length)
 
-    packer = VisionPackingCollator(processor, max_length=max_length)
-    packed_batch = packer(samples)
-    assert "attention_mask" not in packed_batch and packed_batch["use_cache"] is False
+
+@pytest.mark.parametrize("max_length", [None, 160])
+def test_qwen2_5_vl_packs_with_m_rope_restarting_per_sample(tmp_path, max_length):
+    from hf_mm.modeling.qwen2_5_vl import HfMmQwen2_5_ViTConfig, HfMmQwen2_5_VLForConditionalGeneration
+    from hf_mm.processing import HfMmQwen2_5_VLProcessor
+
+    text = T.save_tiny_causal_lm(tmp_path / "qwen2", "qwen2")
+    vision = HfMmQwen2_5_ViTConfig(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
+                                   fullatt_block_indexes=[1])  # fmt: skip
+    torch.manual_seed(0)
+    model = HfMmQwen2_5_VLForConditionalGeneration.from_vision_text_pretrained(None, text, vision_config=vision)
+    processor = HfMmQwen2_5_VLProcessor.from_vision_text_pretrained(None, text)
+    samples = _samples(True)
+    _check_packing(model.eval(), processor, samples, max_length)
+    # RoPE only sees offsets, so the loss alone cannot tell per-sample ids from ids running on across the row:
+    # check the 3D ids themselves equal what each sample gets alone (positions stay small, as in training).
+    batch, plain = VisionPackingCollator(processor, max_length=max_length)(samples), VisionSFTCollator(processor)
+    merge = model.config.vision_config.spatial_merge_size
+    packed = packed_mrope_position_ids(batch["mm_token_type_ids"], batch["image_grid_thw"], None, None,
+                                       batch["position_ids"], merge)  # fmt: skip
     rows = best_fit_decreasing([plain.encode(s)["input_ids"].shape[-1] for s in samples], max_length)
-    assert packed_batch["input_ids"].shape[0] == len(rows) == (1 if max_length is None else len(rows))
-    order = [index for row in rows for index in row]  # the packed rows' sample order
-    expected = torch.cat([_losses(model, plain([samples[i]])) for i in order])
-    got = _losses(model, packed_batch)
-    assert got.shape == expected.shape == unpacked.shape
-    assert (got - expected).abs().max() <= 1e-5
-    assert packer.tokens == sum(plain.encode(s)["input_ids"].shape[-1] for s in samples)
-    if max_length is None:
-        assert packer.padding_tokens == 0  # one row: no padding at all
+    for r, row in enumerate(rows):
+        start = 0
+        for index in row:
+            alone = plain([samples[index]])
+            ids, _ = mrope_position_ids(alone["mm_token_type_ids"], alone["image_grid_thw"], None, None, None, merge)
+            end = start + ids.shape[-1]
+            assert torch.equal(packed[:, r, start:end], ids[:, 0]), (r, index)
+            start = end
 
 
 def test_without_the_restarts_samples_would_leak_into_each_other():
@@ -103,7 +137,7 @@ def test_best_fit_decreasing_respects_capacity_and_keeps_every_sample():
     assert all(sum(lengths[i] for i in row) <= 160 for row in rows) and len(rows) == 3  # 460 tokens, 3 rows
 
 
-def test_packing_refuses_what_it_cannot_pack_yet():
+def test_packing_refuses_what_it_cannot_pack_yet():  # InstructBLIP's per-sample Q-Former instructions
     from hf_mm.processing import HfMmBlip2Processor
 
     config = T.tiny_blip2_config(instruction_aware=True)

@@ -23,7 +23,7 @@ from ..towers import embedding_weight_name, load_causal_lm, split_causal_lm
 from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
 from .configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig, text_head_dim
 from .modeling_qwen2_5_vit import HfMmQwen2_5_ViTModel, PatchMerger
-from .mrope import IMAGE, TEXT, VIDEO, mrope_position_ids, wrap_rotary
+from .mrope import IMAGE, TEXT, VIDEO, mrope_position_ids, packed_mrope_position_ids, wrap_rotary
 
 
 class HfMmQwen2_5_VLPreTrainedModel(PreTrainedModel):
@@ -80,14 +80,20 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
             )
         return embeds.masked_scatter(mask[..., None], features.to(embeds.dtype))
 
-    def _position_ids(self, input_ids, mm_token_type_ids, attention_mask, grids, length: int, past: int):
-        """(3, B, L) M-RoPE ids: built from the token types at prefill, continued from `rope_deltas` after."""
+    def _position_ids(self, input_ids, mm_token_type_ids, attention_mask, grids, length: int, past: int, packed=None):
+        """(3, B, L) M-RoPE ids: built from the token types at prefill, continued from `rope_deltas` after.
+        `packed`: 1D position ids restarting per sample (padding-free packing); each sample then gets its own ids."""
         if past == 0 or self.rope_deltas is None:
             if mm_token_type_ids is None:
                 mm_token_type_ids = torch.full_like(input_ids, TEXT)
                 mm_token_type_ids[input_ids == self.config.image_token_id] = IMAGE
                 mm_token_type_ids[input_ids == self.config.video_token_id] = VIDEO
             vision = self.config.vision_config
+            if packed is not None:
+                self.rope_deltas = None  # packed rows are for training; nothing decodes from them
+                return packed_mrope_position_ids(
+                    mm_token_type_ids, *grids, packed, vision.spatial_merge_size, vision.tokens_per_second
+                )
             ids, self.rope_deltas = mrope_position_ids(
                 mm_token_type_ids, *grids, attention_mask, vision.spatial_merge_size, vision.tokens_per_second
             )
@@ -121,8 +127,10 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         grids = (image_grid_thw, video_grid_thw, second_per_grid_ts)
         rotary = self.language_model.rotary_emb
+        # Packed rows: 1D positions restarting per sample and no mask (transformers then masks per sample, too).
+        packed = kwargs.get("position_ids") if attention_mask is None and past == 0 else None
         rotary.position_ids = self._position_ids(
-            input_ids, mm_token_type_ids, attention_mask, grids, inputs_embeds.shape[1], past
+            input_ids, mm_token_type_ids, attention_mask, grids, inputs_embeds.shape[1], past, packed
         ).to(inputs_embeds.device)
         try:
             outputs = self.language_model(

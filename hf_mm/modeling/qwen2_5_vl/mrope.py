@@ -81,6 +81,34 @@ def mrope_position_ids(
     return position_ids.to(mm_token_type_ids.device), torch.stack(deltas).view(batch, 1).to(mm_token_type_ids.device)
 
 
+def packed_mrope_position_ids(
+    mm_token_type_ids: torch.Tensor, image_grid_thw, video_grid_thw, second_per_grid_ts, position_ids: torch.Tensor,
+    spatial_merge_size: int = 2, tokens_per_second: float = 4,
+) -> torch.Tensor:  # fmt: skip
+    """(3, B, L) ids for packed rows, where 1D `position_ids` restart at 0 for every sample: each sample gets the
+    ids it would get alone, from its own grids (taken in order, as the samples' vision runs appear row by row)."""
+    batch, length = position_ids.shape
+    segments = []  # (row, start, end) of every sample
+    for b in range(batch):
+        starts = (position_ids[b] == 0).nonzero().flatten().tolist()
+        if not starts or starts[0] != 0:
+            raise ValueError(f"Packed row {b} must start a sample at position 0; its position_ids start at "
+                             f"{int(position_ids[b, 0])}.")  # fmt: skip
+        segments += [(b, s, e) for s, e in zip(starts, [*starts[1:], length])]
+    width = max(end - start for _, start, end in segments)
+    types = torch.zeros(len(segments), width, dtype=mm_token_type_ids.dtype)
+    mask = torch.zeros(len(segments), width, dtype=torch.long)
+    for i, (b, start, end) in enumerate(segments):
+        types[i, : end - start], mask[i, : end - start] = mm_token_type_ids[b, start:end].cpu(), 1
+    ids, _ = mrope_position_ids(
+        types, image_grid_thw, video_grid_thw, second_per_grid_ts, mask, spatial_merge_size, tokens_per_second
+    )
+    packed = torch.zeros(3, batch, length, dtype=torch.long)
+    for i, (b, start, end) in enumerate(segments):
+        packed[:, b, start:end] = ids[:, i, : end - start].cpu()
+    return packed.to(position_ids.device)
+
+
 class MultimodalRotaryEmbedding(nn.Module):
     """Wraps any LM's rotary embedding so that it rotates by M-RoPE, without touching the LM's code.
 
@@ -135,4 +163,12 @@ def wrap_rotary(language_model: nn.Module, mrope_section: list[int]) -> Multimod
     return language_model.rotary_emb
 
 
-__all__ = ["mrope_position_ids", "MultimodalRotaryEmbedding", "wrap_rotary", "TEXT", "IMAGE", "VIDEO"]
+__all__ = [
+    "mrope_position_ids",
+    "packed_mrope_position_ids",
+    "MultimodalRotaryEmbedding",
+    "wrap_rotary",
+    "TEXT",
+    "IMAGE",
+    "VIDEO",
+]
