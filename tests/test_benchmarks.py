@@ -26,3 +26,16 @@ def test_smoke_preset_writes_every_measure(tmp_path, capsys):
     assert rows[IDS.index("P5-llava")]["tower_calls"] == 1  # the vision tower runs once per generate()
     printed = capsys.readouterr().out
     assert markdown(rows, "smoke") in printed
+
+
+def test_mfu_counts_six_flops_per_parameter_and_token():
+    import torch
+
+    from benchmarks.measures import throughput
+
+    model = torch.nn.Linear(10, 10)  # 110 parameters
+    inputs = {"input_ids": torch.zeros(2, 5), "attention_mask": torch.tensor([[1] * 5, [1, 1, 1, 0, 0]])}
+    result = throughput(model, inputs, seconds=2.0, device_name="NVIDIA H200")
+    assert result["tokens_per_s"] == 4.0  # 8 real tokens in 2 s
+    assert result["mfu"] == 6 * 110 * 8 / 2.0 / 989e12
+    assert throughput(model, inputs, 2.0, "Some Unknown GPU")["mfu"] is None
