@@ -9,6 +9,7 @@ hf-mm convert llava|blip2|clip|siglip|qwen2_5_vl SRC DST              import a t
 hf-mm push OUTPUT_DIR REPO_ID [--private]                              upload model, processor and card, one commit
 hf-mm export-remote-code DIR                                           make DIR loadable without hf_mm (remote code)
 hf-mm bench [--preset small|gpu|smoke]                                 hf_mm vs transformers (from a checkout)
+hf-mm compare [--quick]                                                every bridge on the same towers and tasks
 """
 
 import argparse
@@ -78,6 +79,11 @@ def main(argv: list[str] | None = None) -> None:
         return _recipe(argv[0], argv[1:])
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
+    if argv and argv[0] == "compare":
+        from .compare import main as compare
+
+        compare(argv[1:])
+        return None
     parser = argparse.ArgumentParser(prog="hf-mm", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     recipes = (
@@ -86,7 +92,12 @@ def main(argv: list[str] | None = None) -> None:
         ("contrastive", "CLIP training"),
         ("qformer", "BLIP-2 stage-1 Q-Former training"),
     )
-    for name, text in (*recipes, ("demo", "learning demos"), ("bench", "benchmarks against transformers")):
+    for name, text in (
+        *recipes,
+        ("demo", "learning demos"),
+        ("bench", "benchmarks against transformers"),
+        ("compare", "every bridge on the same towers and tasks"),
+    ):
         commands.add_parser(name, help=f"{text}; see `hf-mm {name} --help`")
     convert = commands.add_parser("convert", help="import a checkpoint from another library into hf_mm")
     convert.add_argument("family", choices=CONVERTERS)

@@ -132,7 +132,7 @@ def tiny_llava_config(vision: str = "clip", text: str = "llama", bridge_type: st
     tokenizer = prepare_tokenizer(tiny_tokenizer())
     kwargs.setdefault("vision_feature_select_strategy", "default")
     perceiver = dict(perceiver_num_latents=8, perceiver_depth=2, perceiver_heads=2, perceiver_head_dim=16)
-    kwargs = {**perceiver, **kwargs}
+    kwargs = {**perceiver, "adapter_num_queries": 9, "adapter_heads": 2, **kwargs}
     return HfMmLlavaConfig(
         vision_config=tiny_vision_config(vision),
         text_config=tiny_text_config(text),

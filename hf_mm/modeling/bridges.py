@@ -179,11 +179,70 @@ class PerceiverResampler(nn.Module):
         return self.projection(self.norm(latents))  # (B, n, D_out)
 
 
+def sincos_2d(dim: int, height: int, width: int) -> torch.Tensor:
+    """(height * width, dim) fixed 2D sin-cos position encodings (MAE / Qwen-VL): the first half of the channels
+    encodes the row, the second the column, each as [sin | cos] over geometrically spaced frequencies."""
+    if dim % 4:
+        raise ValueError(f"2D sin-cos position encodings need a width divisible by 4, got {dim}.")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))  # (dim/4,)
+
+    def encode(positions: torch.Tensor) -> torch.Tensor:  # (n,) -> (n, dim/2)
+        angles = positions.double()[:, None] * omega[None]
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    return torch.cat([encode(rows.flatten()), encode(cols.flatten())], dim=1).float()  # (h * w, dim)
+
+
+class QwenAdapterBridge(nn.Module):
+    """Qwen-VL's adapter: `num_queries` learned queries read the patch features through one cross-attention layer,
+    with 2D sin-cos absolute positions added to the queries (a sqrt(n) x sqrt(n) grid) and to the keys (the patch
+    grid), then LayerNorm and a linear map. A fixed number of tokens per image, whatever its size (Qwen-VL: 256).
+
+    Attention runs at the LM width (`out_features`), as in Qwen-VL, where the features are first projected
+    (`kv_proj`). Tokens the tower keeps before its patches (CLS, registers) get no position.
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_queries: int = 256, heads: int = 8):
+        super().__init__()
+        side = int(round(num_queries**0.5))
+        if side * side != num_queries:
+            raise ValueError(f"adapter_num_queries={num_queries} must be a square (Qwen-VL: 256 = 16 x 16).")
+        if out_features % heads:
+            raise ValueError(f"adapter_heads={heads} must divide the LM width {out_features}.")
+        self.side = side
+        self.query = nn.Parameter(torch.zeros(num_queries, out_features))
+        self.kv_proj = nn.Linear(in_features, out_features, bias=False)
+        self.ln_q, self.ln_kv = nn.LayerNorm(out_features), nn.LayerNorm(out_features)
+        self.attn = nn.MultiheadAttention(out_features, heads, batch_first=True)
+        self.ln_post = nn.LayerNorm(out_features)
+        self.proj = nn.Linear(out_features, out_features)
+        # The positions are recomputed in forward rather than kept as a buffer: transformers re-initialises a module
+        # with a buffer missing from the checkpoint, which would reset the loaded queries.
+
+    def num_output_tokens(self, height: int = 0, width: int = 0) -> int:
+        return self.query.shape[0]
+
+    def forward(self, image_features: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
+        x = self.ln_kv(self.kv_proj(image_features.to(self.kv_proj.weight.dtype)))  # (B, N, D)
+        height, width = grid_size if grid_size is not None else (self.side, self.side)
+        key_pos = sincos_2d(x.shape[-1], height, width).to(x)  # (h * w, D)
+        prefix = x.shape[1] - key_pos.shape[0]
+        if prefix < 0:
+            raise ValueError(f"{x.shape[1]} vision tokens for a {height}x{width} patch grid.")
+        key_pos = torch.cat([key_pos.new_zeros(prefix, key_pos.shape[1]), key_pos])  # (N, D)
+        query_pos = sincos_2d(x.shape[-1], self.side, self.side).to(x)  # (n, D)
+        queries = (self.ln_q(self.query) + query_pos).expand(x.shape[0], -1, -1)  # (B, n, D)
+        out, _ = self.attn(queries, x + key_pos, x, need_weights=False)  # (B, n, D)
+        return self.proj(self.ln_post(out))  # (B, n, D_text)
+
+
 BRIDGES: dict[str, type[nn.Module]] = {
     "linear": LinearBridge,
     "mlp2x_gelu": Mlp2xGeluBridge,
     "pixel_shuffle": PixelShuffleBridge,
     "perceiver": PerceiverResampler,
+    "qwen_adapter": QwenAdapterBridge,
 }
 
 

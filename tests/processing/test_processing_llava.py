@@ -15,7 +15,13 @@ def processor_for(bridge="mlp2x_gelu", vision="clip", **kwargs):
 
 @pytest.mark.parametrize(
     "bridge, strategy, expected",
-    [("linear", "default", 16), ("mlp2x_gelu", "full", 17), ("pixel_shuffle", "default", 4), ("perceiver", "full", 8)],
+    [
+        ("linear", "default", 16),
+        ("mlp2x_gelu", "full", 17),
+        ("pixel_shuffle", "default", 4),
+        ("perceiver", "full", 8),
+        ("qwen_adapter", "default", 9),
+    ],  # fmt: skip
 )
 def test_expands_each_image_to_the_bridge_token_count(bridge, strategy, expected):
     config, processor = processor_for(bridge, vision_feature_select_strategy=strategy)
@@ -122,3 +128,25 @@ def test_tensor_and_array_images_are_accepted():
     tensor = torch.zeros(3, 32, 32, dtype=torch.uint8)
     inputs = processor(images=[array, tensor], text="<image><image>", return_tensors="pt")
     assert inputs["pixel_values"].shape == (2, 3, 32, 32)
+
+
+def test_qwen_adapter_reads_positions_and_emits_its_query_count():
+    from hf_mm.modeling.bridges import sincos_2d
+
+    torch.manual_seed(0)
+    bridge = hf_mm.modeling.build_bridge("qwen_adapter", 8, 16, num_queries=4, heads=2)
+    for side in (2, 4, 7):  # any patch grid in, 4 tokens out
+        assert bridge(torch.randn(2, side * side, 8), grid_size=(side, side)).shape == (2, 4, 16)
+    features = torch.randn(1, 16, 8)
+    shuffled = features[:, torch.randperm(16)]
+    # Cross-attention alone is blind to the patches' order; the 2D positions added to the keys are not.
+    assert not torch.allclose(bridge(features, (4, 4)), bridge(shuffled, (4, 4)), atol=1e-5)
+    assert bridge(torch.randn(1, 17, 8), (4, 4)).shape == (1, 4, 16)  # a CLS token first gets no position
+    pos = sincos_2d(8, 3, 5)  # rows in the first half of the channels, columns in the second
+    assert pos.shape == (15, 8) and torch.equal(pos[0, :4], pos[4, :4]) and not torch.equal(pos[0, 4:], pos[4, 4:])
+    with pytest.raises(ValueError, match="adapter_num_queries=5 must be a square"):
+        hf_mm.modeling.build_bridge("qwen_adapter", 8, 16, num_queries=5)
+    with pytest.raises(ValueError, match="adapter_heads=3 must divide the LM width 16"):
+        hf_mm.modeling.build_bridge("qwen_adapter", 8, 16, num_queries=4, heads=3)
+    config, processor = processor_for("qwen_adapter")
+    assert config.fixed_image_tokens == 9 and processor.num_image_tokens(224, 448) == 9

@@ -61,12 +61,14 @@ def check_vision_config(vision_config: PreTrainedConfig) -> None:
 class HfMmLlavaConfig(PreTrainedConfig):
     r"""
     vision_config: any AutoConfig vision encoder. text_config: any AutoConfig causal LM.
-    bridge_type: one of `BRIDGES` (`linear`, `mlp2x_gelu`, `pixel_shuffle`, `perceiver`).
+    bridge_type: one of `BRIDGES` (`linear`, `mlp2x_gelu`, `pixel_shuffle`, `perceiver`, `qwen_adapter`).
     bridge_hidden_size: hidden width of MLP bridges (None: the LM width).
     bridge_bias: bias in the bridge's linear layers.
     pixel_shuffle_factor: side s of the s x s neighbourhoods the `pixel_shuffle` bridge concatenates.
     perceiver_num_latents, perceiver_depth, perceiver_heads, perceiver_head_dim: the `perceiver` bridge's latents
         (= tokens per image), blocks, attention heads and head width (BLIP-3 / xGen-MM: 128 latents).
+    adapter_num_queries, adapter_heads: the `qwen_adapter` bridge's learned queries (= tokens per image, a square)
+        and the heads of its cross-attention at the LM width (Qwen-VL: 256 queries).
     vision_feature_layer: index of the tower hidden state to read, or a list whose states are concatenated.
     vision_feature_select_strategy: `default` drops CLS/register tokens, `full` keeps them.
     image_token_id: id of the `<image>` placeholder token.
@@ -102,6 +104,8 @@ class HfMmLlavaConfig(PreTrainedConfig):
     perceiver_depth: int = 6
     perceiver_heads: int = 8
     perceiver_head_dim: int = 64
+    adapter_num_queries: int = 256
+    adapter_heads: int = 8
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: str = "default"
     image_token_id: int = 32000
@@ -121,7 +125,8 @@ class HfMmLlavaConfig(PreTrainedConfig):
         self._check_feature_layers()
         if self.pixel_shuffle_factor < 1:
             raise ValueError(f"pixel_shuffle_factor must be >= 1, got {self.pixel_shuffle_factor}.")
-        for name in ("perceiver_num_latents", "perceiver_depth", "perceiver_heads", "perceiver_head_dim"):
+        for name in ("perceiver_num_latents", "perceiver_depth", "perceiver_heads", "perceiver_head_dim",
+                     "adapter_num_queries", "adapter_heads"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         self._check_grid_bridge()
@@ -165,12 +170,14 @@ class HfMmLlavaConfig(PreTrainedConfig):
             "depth": self.perceiver_depth,
             "heads": self.perceiver_heads,
             "head_dim": self.perceiver_head_dim,
-        }
+            "num_queries": self.adapter_num_queries,
+        } | ({"heads": self.adapter_heads} if self.bridge_type == "qwen_adapter" else {})
 
     @property
     def fixed_image_tokens(self) -> int | None:
-        """Tokens per image when the bridge emits a fixed count whatever the image size (`perceiver`), else None."""
-        return self.perceiver_num_latents if self.bridge_type == "perceiver" else None
+        """Tokens per image when the bridge emits a fixed count whatever the image size, else None."""
+        fixed = {"perceiver": self.perceiver_num_latents, "qwen_adapter": self.adapter_num_queries}
+        return fixed.get(self.bridge_type)
 
     @property
     def image_downsample_factor(self) -> int:
