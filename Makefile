@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo clean
+.PHONY: install test lint demo fuzz clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: install
 
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+
+# The property-based fuzzers at full strength (CI runs 25 examples per target inside `make test`).
+fuzz: install
+	HF_MM_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q -p no:cacheprovider --hypothesis-show-statistics tests/reliability/test_fuzz.py
 
 demo: install
 	$(VENV)/bin/hf-mm demo

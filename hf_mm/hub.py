@@ -274,6 +274,8 @@ def files_to_upload(model_dir: Path) -> tuple[list[str], list[str]]:
     for root, dirs, files in os.walk(model_dir):
         dirs[:] = sorted(d for d in dirs if not _matches(d, SKIPPED_DIRS))
         for name in sorted(files):
+            if name.startswith("."):  # hidden files (the run's write lock) are bookkeeping, not the model
+                continue
             relative = Path(root, name).relative_to(model_dir).as_posix()
             if relative != "README.md":  # the card is generated afresh on every push
                 (upload if _matches(name, UPLOADED) else left_out).append(relative)

@@ -20,6 +20,8 @@ from transformers import (
     SiglipTextModel,
 )
 
+from .safetensors_only import load_safetensors
+
 # Towers transformers does not map in AutoModel (5.23), listed here instead of registering transformers' own
 # classes in its global registry.
 _UNMAPPED_TOWERS = {SiglipTextConfig: SiglipTextModel, Blip2VisionConfig: Blip2VisionModel}
@@ -52,7 +54,7 @@ def load_vision_tower(name_or_path: str, **load_kwargs) -> PreTrainedModel:
     """
     vision_config = load_vision_config(name_or_path)
     cls = _UNMAPPED_TOWERS.get(type(vision_config), AutoModel)
-    return cls.from_pretrained(name_or_path, config=vision_config, **load_kwargs)
+    return load_safetensors(cls.from_pretrained, name_or_path, config=vision_config, **load_kwargs)
 
 
 def load_text_tower(name_or_path: str, **load_kwargs) -> PreTrainedModel:
@@ -62,12 +64,12 @@ def load_text_tower(name_or_path: str, **load_kwargs) -> PreTrainedModel:
     text_config = getattr(config, "text_config", None) if hasattr(config, "vision_config") else None
     text_config = text_config or config
     cls = _UNMAPPED_TOWERS.get(type(text_config), AutoModel)
-    return cls.from_pretrained(name_or_path, config=text_config, **load_kwargs)
+    return load_safetensors(cls.from_pretrained, name_or_path, config=text_config, **load_kwargs)
 
 
 def load_causal_lm(name_or_path: str, **load_kwargs) -> PreTrainedModel:
     """Any AutoModelForCausalLM checkpoint; callers take `.base_model` (the decoder) and `get_output_embeddings()`."""
-    return AutoModelForCausalLM.from_pretrained(name_or_path, **load_kwargs)
+    return load_safetensors(AutoModelForCausalLM.from_pretrained, name_or_path, **load_kwargs)
 
 
 def check_text_config(text_config: PreTrainedConfig) -> None:

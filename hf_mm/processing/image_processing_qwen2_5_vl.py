@@ -123,9 +123,12 @@ class HfMmQwen2_5_VLImageProcessor(PilBackend):
                     **kwargs) -> BatchFeature:  # fmt: skip
         patch, merge, temporal = self.patch_size, self.merge_size, self.temporal_patch_size
         all_patches, grids = [], []
-        for image in images:  # (C, H, W), channel-first
+        for index, image in enumerate(images):  # (C, H, W), channel-first
             if do_resize:
-                height, width = self.resized_size(*image.shape[-2:], size)
+                try:
+                    height, width = self.resized_size(*image.shape[-2:], size)
+                except ValueError as error:
+                    raise ValueError(f"images[{index}]: {error}") from None
                 image = self.resize(image, SizeDict(height=height, width=width), resample=resample)
             if do_rescale:
                 image = self.rescale(image, rescale_factor)

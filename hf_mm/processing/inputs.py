@@ -24,4 +24,40 @@ def check_image_types(images) -> None:
             )
 
 
-__all__ = ["check_image_types"]
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _prepare_one(image, index: int):
+    if not isinstance(image, PIL.Image.Image):
+        return image
+    try:
+        image.load()  # PIL opens lazily: decode now, so a broken file fails here with its index, not deep inside
+    except Exception as error:  # Pillow's decoders raise OSError, SyntaxError, ValueError, struct.error...
+        raise ValueError(
+            f"images[{index}] cannot be decoded ({type(error).__name__}: {error}): the file is truncated or corrupt. "
+            "Re-encode it or leave it out."
+        ) from None
+    if image.mode in HIGH_BIT_MODES:  # 16/32-bit grayscale: scale to 8 bits; an RGB conversion would clip at 255
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
+        image = PIL.Image.fromarray((array / peak * 255).round().clip(0, 255).astype(np.uint8), mode="L")
+    return image
+
+
+def prepare_images(images):
+    """`check_image_types`, then every PIL image decoded (a truncated or corrupt file raises a ValueError naming its
+    index) and high-bit-depth grayscale scaled to 8 bits. The nesting (one list per sample) is kept."""
+    check_image_types(images)
+    if images is None:
+        return None
+    counter = iter(range(len(_flatten_images(images))))
+
+    def visit(item):
+        if isinstance(item, (list, tuple)):
+            return type(item)(visit(inner) for inner in item)
+        return _prepare_one(item, next(counter))
+
+    return visit(images)
+
+
+__all__ = ["check_image_types", "prepare_images"]

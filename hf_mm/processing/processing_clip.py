@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 
-from .inputs import check_image_types
+from .inputs import prepare_images
 
 
 class HfMmClipProcessor(ProcessorMixin):
@@ -32,7 +32,7 @@ class HfMmClipProcessor(ProcessorMixin):
         )
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        check_image_types(images)  # before transformers can open strings as paths or fetch them as URLs
+        images = prepare_images(images)  # before transformers can open strings as paths or fetch them as URLs
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     @property

@@ -21,7 +21,7 @@ from transformers.image_utils import get_image_size, to_numpy_array
 
 from ..modeling.llava.configuration_llava import HfMmLlavaConfig
 from ..modeling.towers import load_vision_config
-from .inputs import check_image_types
+from .inputs import prepare_images
 from .tokenization import IMAGE_TOKEN, default_chat_template, prepare_tokenizer
 
 
@@ -107,7 +107,7 @@ class HfMmLlavaProcessor(ProcessorMixin):
         return self.image_token * self.num_image_tokens(height, width)
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
-        check_image_types(images)  # before transformers can open strings as paths or fetch them as URLs
+        images = prepare_images(images)  # before transformers can open strings as paths or fetch them as URLs
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]):

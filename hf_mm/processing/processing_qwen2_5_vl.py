@@ -14,7 +14,7 @@ import numpy as np
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 
 from .image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
-from .inputs import check_image_types
+from .inputs import prepare_images
 from .tokenization import CHATML_TOKENS, resources_template
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
@@ -77,15 +77,19 @@ class HfMmQwen2_5_VLProcessor(ProcessorMixin):
         return_tensors = kwargs.pop("return_tensors", None)
         data, merge = {}, self.image_processor.merge_size**2
         if images is not None:
-            check_image_types(images)
+            images = prepare_images(images)
             data.update(self.image_processor(images=images, return_tensors="np"))
             text = self._expand(text, self.image_token, [int(np.prod(g)) // merge for g in data["image_grid_thw"]])
+        else:
+            text = self._expand(text, self.image_token, [])  # placeholders without images: refused, by sample
         if videos is not None:
             fps = fps if isinstance(fps, (list, tuple)) else [fps] * len(videos)
             parts = [self.image_processor.process_video(video, rate) for video, rate in zip(videos, fps, strict=True)]
             for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
                 data[key] = np.concatenate([part[key] for part in parts])
             text = self._expand(text, self.video_token, [int(np.prod(g)) // merge for g in data["video_grid_thw"]])
+        else:
+            text = self._expand(text, self.video_token, [])
         tokens = self.tokenizer(text, **kwargs)
         self._check_runs(text, tokens["input_ids"])
         ids = tokens["input_ids"]

@@ -21,6 +21,7 @@ from .. import hub
 from ..data.captions import digit_pairs
 from ..modeling.clip import HfMmClipModel
 from ..processing import HfMmClipProcessor
+from .guards import TrainingGuardsMixin
 from .publish import finish, hub_callbacks, hub_plan
 from .setup import RoleOptimizerMixin, prepare_model, resolve_stage
 from .stages import RoleSettings, get_stage
@@ -41,7 +42,7 @@ class ContrastiveCollator:
         return {**batch, "return_loss": True}
 
 
-class HfMmContrastiveTrainer(RoleOptimizerMixin, Trainer):
+class HfMmContrastiveTrainer(TrainingGuardsMixin, RoleOptimizerMixin, Trainer):
     """Trainer with the contrastive collator (or the `data_collator` given), the model's own loss and per-role
     optimizer groups. Also trains BLIP-2's stage 1, whose model computes its ITC/ITM/ITG loss itself."""
 
@@ -63,6 +64,7 @@ class HfMmContrastiveTrainer(RoleOptimizerMixin, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
+        self.check_finite_loss(outputs.loss)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
 

@@ -21,6 +21,7 @@ from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
 from .collators import DroppedSamplesCallback, check_overlong
 from .data_args import DataArguments, load_train_eval
+from .guards import TrainingGuardsMixin
 from .publish import hub_callbacks, hub_plan
 from .setup import (
     HfMmArguments,
@@ -69,7 +70,7 @@ class VisionPreferenceCollator(DataCollatorForVisionPreference):
             self.max_length = limit
 
 
-class HfMmDPOTrainer(RoleOptimizerMixin, DPOTrainer):
+class HfMmDPOTrainer(TrainingGuardsMixin, RoleOptimizerMixin, DPOTrainer):
     """DPOTrainer with hf_mm's never-truncate collator, per-role optimizer groups and a deep-copied reference."""
 
     def __init__(

@@ -14,6 +14,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 from .. import hub
 from .collators import DroppedSamplesCallback, VisionSFTCollator
 from .data_args import DataArguments, dataset_names, load_train_eval
+from .guards import TrainingGuardsMixin
 from .packing import VisionPackingCollator
 from .publish import finish, hub_callbacks, hub_plan, score_split
 from .setup import (
@@ -27,7 +28,7 @@ from .setup import (
 from .stages import RoleSettings, get_stage
 
 
-class HfMmSFTTrainer(RoleOptimizerMixin, SFTTrainer):
+class HfMmSFTTrainer(TrainingGuardsMixin, RoleOptimizerMixin, SFTTrainer):
     """SFTTrainer with hf_mm's collator and per-role optimizer groups.
 
     `model` should already have its stage applied (`prepare_model`); `stage` gives the per-role learning rates.

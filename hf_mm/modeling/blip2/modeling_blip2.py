@@ -41,6 +41,7 @@ from ..llava.modeling_llava import (
     HfMmLlavaModel,
     HfMmLlavaModelOutputWithPast,
 )
+from ..safetensors_only import SafetensorsOnlyMixin
 from ..towers import load_vision_tower, tower_features, tower_from_config
 from .configuration_blip2 import HfMmBlip2Config
 from .masks import qformer_attention_mask
@@ -153,7 +154,7 @@ class QFormerBridge(nn.Module):
         return self.language_projection(query_output)  # (B, Q, D_text)
 
 
-class HfMmBlip2PreTrainedModel(PreTrainedModel):
+class HfMmBlip2PreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
     config: HfMmBlip2Config
     base_model_prefix = "model"
     input_modalities = ("image", "text")

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
+from ..safetensors_only import SafetensorsOnlyMixin
 from ..towers import load_text_tower, load_vision_config, load_vision_tower, tower_from_config
 from .configuration_clip import HfMmClipConfig
 from .loss_clip import infonce_loss, sigmoid_loss
@@ -65,7 +66,7 @@ def _heads(config: HfMmClipConfig):
     return (*projections, scale, bias)
 
 
-class HfMmClipPreTrainedModel(PreTrainedModel):
+class HfMmClipPreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
     config: HfMmClipConfig
     base_model_prefix = "hf_mm_clip"
     input_modalities = ("image", "text")

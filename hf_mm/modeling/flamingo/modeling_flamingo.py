@@ -34,6 +34,7 @@ from ..llava.modeling_llava import (
     HfMmLlavaModel,
     HfMmLlavaModelOutputWithPast,
 )
+from ..safetensors_only import SafetensorsOnlyMixin
 from ..towers import load_vision_tower, tower_features
 from .configuration_flamingo import HfMmFlamingoConfig
 
@@ -139,7 +140,7 @@ class FlamingoBridge(nn.Module):
         return self.perceiver(image_features)
 
 
-class HfMmFlamingoPreTrainedModel(PreTrainedModel):
+class HfMmFlamingoPreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
     config: HfMmFlamingoConfig
     base_model_prefix = "model"
     input_modalities = ("image", "text")

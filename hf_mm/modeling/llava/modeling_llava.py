@@ -20,7 +20,8 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
 from ...processing.tokenization import IMAGE_TOKEN, prepare_tokenizer, stop_at_end_of_turn
-from ..bridges import PerceiverResampler, build_bridge
+from ..bridges import PerceiverResampler, QwenAdapterBridge, build_bridge
+from ..safetensors_only import SafetensorsOnlyMixin
 from ..towers import embedding_weight_name, load_causal_lm, load_vision_tower, split_causal_lm, tower_from_config
 from .configuration_llava import HfMmLlavaConfig
 
@@ -62,7 +63,7 @@ def bridge_from_config(config: HfMmLlavaConfig) -> nn.Module:
     return build_bridge(config.bridge_type, in_features, config.text_config.hidden_size, **config.bridge_settings())
 
 
-class HfMmLlavaPreTrainedModel(PreTrainedModel):
+class HfMmLlavaPreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
     config: HfMmLlavaConfig
     base_model_prefix = "model"
     input_modalities = ("image", "text")
@@ -80,12 +81,17 @@ class HfMmLlavaPreTrainedModel(PreTrainedModel):
         Towers are built by their own classes, which initialise themselves through this same hook chain; only the
         bridge is ours. Its linear layers get N(0, initializer_range of the LM) and zero bias, as LLaVA's projector
         in transformers, so a fresh bridge emits small features of the LM's embedding scale; a perceiver's latents
-        and frame embeddings get N(0, 1), as in Flamingo.
+        and frame embeddings get N(0, 1), as in Flamingo; the Qwen-VL adapter's queries N(0, 0.02), as in Qwen-VL.
         """
         std = getattr(self.config.text_config, "initializer_range", 0.02)
         if isinstance(module, PerceiverResampler):  # its own parameters; its layers are visited on their own
             module.latents.normal_()  # N(0, 1), as Flamingo's latents and time embeddings
             module.frame_embeddings.normal_()
+        elif isinstance(module, QwenAdapterBridge):
+            module.query.normal_(std=0.02)  # Qwen-VL: trunc_normal(0.02)
+        elif isinstance(module, nn.MultiheadAttention):  # the packed q/k/v projection is no nn.Linear
+            module.in_proj_weight.normal_(mean=0.0, std=std)
+            module.in_proj_bias.zero_()
         elif isinstance(module, nn.Linear):
             module.weight.normal_(mean=0.0, std=std)
             if module.bias is not None:

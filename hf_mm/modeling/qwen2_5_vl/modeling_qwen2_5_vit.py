@@ -24,6 +24,7 @@ from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import ModelOutput
 
+from ..safetensors_only import SafetensorsOnlyMixin
 from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
 
 
@@ -156,7 +157,7 @@ class HfMmQwen2_5_ViTOutput(ModelOutput):
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
-class HfMmQwen2_5_ViTModel(PreTrainedModel):
+class HfMmQwen2_5_ViTModel(SafetensorsOnlyMixin, PreTrainedModel):
     config: HfMmQwen2_5_ViTConfig
     base_model_prefix = "vision_tower"
     main_input_name = "pixel_values"

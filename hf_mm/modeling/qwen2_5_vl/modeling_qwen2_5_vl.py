@@ -19,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
 
 from ...processing.processing_qwen2_5_vl import prepare_qwen_tokenizer
 from ...processing.tokenization import stop_at_end_of_turn
+from ..safetensors_only import SafetensorsOnlyMixin
 from ..towers import embedding_weight_name, load_causal_lm, split_causal_lm
 from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
 from .configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig, text_head_dim
@@ -26,7 +27,7 @@ from .modeling_qwen2_5_vit import HfMmQwen2_5_ViTModel, PatchMerger
 from .mrope import IMAGE, TEXT, VIDEO, mrope_position_ids, packed_mrope_position_ids, wrap_rotary
 
 
-class HfMmQwen2_5_VLPreTrainedModel(PreTrainedModel):
+class HfMmQwen2_5_VLPreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
     config: HfMmQwen2_5_VLConfig
     base_model_prefix = "model"
     input_modalities = ("image", "video", "text")
