@@ -7,7 +7,8 @@ Each outcome must be valid tensors that satisfy the invariants, or a documented 
   input ids, and no image run is cut (over-long samples are dropped and counted, never truncated);
 - packing collator: the same, plus rows no wider than `max_length` and one position restart per kept sample;
 - DPO collator: over-long pairs dropped whole (chosen and rejected together), image tokens never scored;
-- Qwen2.5-VL processor: each image run expands to its grid, or a ValueError (count mismatch, aspect ratio).
+- Qwen2.5-VL processor: each image run expands to its grid, or a ValueError (count mismatch, aspect ratio);
+- CLIP processor: one row per caption (within `max_length`) and one image per `pixel_values` entry.
 
 CI runs `HF_MM_FUZZ_EXAMPLES` examples per target (25 by default); `make fuzz` runs 10,000.
 """
@@ -219,3 +220,36 @@ def test_qwen_processor_expands_each_image_to_its_grid_or_refuses(pieces, pictur
     pads = int((out["input_ids"] == processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")).sum())
     grids = out["image_grid_thw"].prod(-1).sum().item() if picture else 0
     assert pads == grids // processor.image_processor.merge_size**2
+
+
+CLIP = None
+
+
+def _clip():
+    global CLIP
+    if CLIP is None:
+        from hf_mm import HfMmClipProcessor
+
+        CLIP = HfMmClipProcessor(image_processor=T.tiny_image_processor("clip"), tokenizer=T.tiny_tokenizer())
+    return CLIP
+
+
+@FUZZ
+@given(
+    captions=st.lists(text, max_size=4),
+    picture=images(max_count=3),
+    max_length=st.one_of(st.none(), st.integers(1, 64)),
+)
+def test_clip_processor_returns_one_row_per_caption_and_image(captions, picture, max_length):
+    processor = _clip()
+    truncation = {"truncation": True, "max_length": max_length} if max_length else {}
+    try:
+        out = processor(images=picture or None, text=captions or None, padding=True, return_tensors="pt", **truncation)
+    except ValueError as error:
+        assert not captions and not picture, str(error)  # nothing to process is the one refusal
+        return
+    if captions:
+        assert out["input_ids"].shape[0] == len(captions)
+        assert max_length is None or out["input_ids"].shape[1] <= max_length
+    if picture:
+        assert out["pixel_values"].shape[0] == len(picture) and np.isfinite(out["pixel_values"].numpy()).all()

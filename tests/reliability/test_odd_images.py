@@ -69,3 +69,17 @@ def test_each_odd_image_is_converted_or_refused_by_index(family, kind):
         (converted,) = prepare_images([image])
         values = np.asarray(converted)
         assert converted.mode == "L" and values.min() < 30 and values.max() > 225 and 100 < values.mean() < 155
+
+
+@pytest.mark.parametrize("kind", sorted(_images()))
+def test_the_clip_processor_converts_or_refuses_each_odd_image_by_index(kind):
+    from hf_mm import HfMmClipProcessor
+
+    processor = HfMmClipProcessor(image_processor=T.tiny_image_processor("clip"), tokenizer=T.tiny_tokenizer())
+    images = [T.random_images(1)[0], _images()[kind]]
+    if kind == "truncated":
+        with pytest.raises(ValueError, match=r"images\[1\] cannot be decoded"):
+            processor(images=images, text=["a", "b"], padding=True, return_tensors="pt")
+        return
+    out = processor(images=images, text=["a", "b"], padding=True, return_tensors="pt")
+    assert out["pixel_values"].shape[0] == 2 and torch.isfinite(out["pixel_values"]).all()
