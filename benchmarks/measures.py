@@ -15,9 +15,6 @@ from transformers import (
     CLIPVisionConfig,
     LlamaConfig,
     LlamaForCausalLM,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
 )
@@ -28,6 +25,7 @@ from hf_mm.processing import prepare_tokenizer
 from hf_mm.training.collators import VisionSFTCollator
 from hf_mm.training.packing import VisionPackingCollator
 
+from .bench_llava import build as build_llava
 from .run import alternate, train_step
 
 
@@ -52,20 +50,7 @@ def _labels(inputs: dict, image_token_id: int) -> torch.Tensor:
 
 
 def llava(size: dict, device):
-    tokenizer = prepare_tokenizer(T.tiny_tokenizer())
-    vision = CLIPVisionConfig(**_widths(size), num_hidden_layers=size["layers"], image_size=size["image_size"],
-                              patch_size=14)  # fmt: skip
-    text = LlamaConfig(**_widths(size), vocab_size=len(tokenizer), num_hidden_layers=size["layers"],
-                       num_key_value_heads=max(size["hidden"] // 64, 1), pad_token_id=T.PAD_ID)  # fmt: skip
-    config = LlavaConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"))  # fmt: skip
-    reference = LlavaForConditionalGeneration(config).eval()
-    image_processor = T.tiny_image_processor("clip")
-    side = size["image_size"]
-    image_processor.size, image_processor.crop_size = {"shortest_edge": side}, {"height": side, "width": side}
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1)  # fmt: skip
-    ours, our_processor = hf_mm.convert.from_transformers_llava(reference, processor)
+    reference, ours, our_processor = build_llava(size["hidden"], size["layers"], size["image_size"])
     our_processor.tokenizer.padding_side = "left"
     texts = ["<image>" + " describe the picture in words" * (1 + i % 3) for i in range(size["batch"])]
     inputs = our_processor(images=T.random_images(size["batch"]), text=texts, padding=True, return_tensors="pt")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import logging
+import math
 import os
 import re
 import tempfile
@@ -121,10 +122,8 @@ def parameter_counts(model_dir: str | os.PathLike, filename: str = "model.safete
     """role -> number of saved parameters (a tied output head is saved, hence counted, once)."""
     counts: dict[str, int] = {}
     for name, shape in _tensor_shapes(Path(model_dir), filename).items():
-        size = 1
-        for dim in shape:
-            size *= dim
-        counts[role_of(name)] = counts.get(role_of(name), 0) + size
+        role = role_of(name)
+        counts[role] = counts.get(role, 0) + math.prod(shape)
     return counts
 
 

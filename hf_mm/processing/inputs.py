@@ -1,5 +1,7 @@
 """Input checks shared by every hf_mm processor."""
 
+import itertools
+
 import numpy as np
 import PIL.Image
 import torch
@@ -50,7 +52,7 @@ def prepare_images(images):
     check_image_types(images)
     if images is None:
         return None
-    counter = iter(range(len(_flatten_images(images))))
+    counter = itertools.count()
 
     def visit(item):
         if isinstance(item, (list, tuple)):

@@ -8,6 +8,7 @@ checkpoint's weights as its own commit (never its optimizer or RNG pickles).
 """
 
 import dataclasses
+from collections import Counter
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -73,9 +74,7 @@ def hub_callbacks(plan: HubPlan | None) -> list[TrainerCallback]:
 def score_split(model, processor, dataset, split: str = "test", max_new_tokens: int = 32) -> list[dict]:
     """hf_mm's scorers on a held-out split with `answer` and `task` columns: one card row per task."""
     scores = evaluate(predict(model, processor, dataset, max_new_tokens=max_new_tokens), dataset)
-    counts = {}
-    for task in dataset["task"]:
-        counts[task] = counts.get(task, 0) + 1
+    counts = Counter(dataset["task"])
     return [
         {"task": task, "dataset": f"hf_mm-synthetic/{task}", "split": split, "samples": counts[task],
          "metric": "iou@0.5" if task in BOX_TASKS else "exact_match", "value": round(value, 4)}
