@@ -34,11 +34,15 @@ from transformers import (
 from .modeling.blip2 import HfMmBlip2Config
 from .modeling.flamingo import HfMmFlamingoConfig
 from .modeling.llava import HfMmLlavaConfig
+from .modeling.qwen2_5_vl import HfMmQwen2_5_ViTConfig, HfMmQwen2_5_VLConfig
 from .processing import (
     HfMmBlip2Processor,
     HfMmFlamingoProcessor,
     HfMmLlavaProcessor,
+    HfMmQwen2_5_VLImageProcessor,
+    HfMmQwen2_5_VLProcessor,
     prepare_flamingo_tokenizer,
+    prepare_qwen_tokenizer,
     prepare_tokenizer,
 )
 
@@ -197,6 +201,30 @@ def tiny_flamingo_config(vision: str = "clip", text: str = "llama", **kwargs) ->
 def tiny_flamingo_processor(vision: str = "clip") -> HfMmFlamingoProcessor:
     """The processor matching `tiny_flamingo_config`: the tower's image processor and the prepared tiny tokenizer."""
     return HfMmFlamingoProcessor(tiny_image_processor(vision), prepare_flamingo_tokenizer(tiny_tokenizer()))
+
+
+def tiny_qwen2_5_vit_config(**kwargs) -> HfMmQwen2_5_ViTConfig:
+    """A 2-block, 32-wide native-resolution ViT (block 1 full attention, block 0 windowed), merging into width 32."""
+    settings = dict(depth=2, hidden_size=HIDDEN, intermediate_size=64, num_heads=2, out_hidden_size=HIDDEN)
+    return HfMmQwen2_5_ViTConfig(**{**settings, "fullatt_block_indexes": [1], **kwargs})
+
+
+def tiny_qwen2_5_vl_config(text: str = "qwen2", **kwargs) -> HfMmQwen2_5_VLConfig:
+    """A tiny HfMmQwen2_5_VLConfig (head_dim 8, so `mrope_section` [2, 1, 1]) whose vision token ids match
+    `tiny_qwen2_5_vl_processor`'s tokenizer."""
+    tokenizer = prepare_qwen_tokenizer(tiny_tokenizer())
+    names = {"image": "<|image_pad|>", "video": "<|video_pad|>", "vision_start": "<|vision_start|>"}
+    ids = {f"{key}_token_id": tokenizer.convert_tokens_to_ids(token) for key, token in names.items()}
+    settings = dict(
+        vision_config=tiny_qwen2_5_vit_config(), text_config=tiny_text_config(text), mrope_section=[2, 1, 1]
+    )
+    return HfMmQwen2_5_VLConfig(**{**settings, **ids, **kwargs})
+
+
+def tiny_qwen2_5_vl_processor() -> HfMmQwen2_5_VLProcessor:
+    """The processor matching `tiny_qwen2_5_vl_config`: Qwen's image processor and the prepared tiny tokenizer."""
+    tokenizer = prepare_qwen_tokenizer(tiny_tokenizer())
+    return HfMmQwen2_5_VLProcessor(image_processor=HfMmQwen2_5_VLImageProcessor(), tokenizer=tokenizer)
 
 
 def train_tiny_causal_lm(

@@ -19,6 +19,7 @@ from transformers import (
     SiglipTextConfig,
     SiglipTextModel,
 )
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .safetensors_only import load_safetensors
 
@@ -82,14 +83,28 @@ def check_text_config(text_config: PreTrainedConfig) -> None:
         )
 
 
-def tower_features(vision_tower: nn.Module, pixel_values: torch.Tensor, layer: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, N, D_v): every token (CLS included) of hidden state `layer`; -1 is `last_hidden_state`,
-    the tower's own final output (post-layernorm where the tower has one, as BLIP-2's ViT)."""
+def tower_outputs(vision_tower: nn.Module, pixel_values: torch.Tensor, **kwargs):
+    """(B, C, H, W) -> the tower's ModelOutput with every hidden state (the features are read from them)."""
     pixel_values = pixel_values.to(vision_tower.dtype)
-    if layer == -1:
-        return vision_tower(pixel_values=pixel_values, return_dict=True).last_hidden_state
-    outputs = vision_tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
-    return outputs.hidden_states[layer]
+    return vision_tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
+
+
+def tower_features(outputs, layer: int) -> torch.Tensor:
+    """(B, N, D_v) from `tower_outputs`: every token (CLS included) of hidden state `layer`; -1 is
+    `last_hidden_state`, the tower's own final output (post-layernorm where the tower has one, as BLIP-2's ViT)."""
+    return outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
+
+
+def image_features_output(outputs, pooler_output, output_hidden_states: bool | None) -> BaseModelOutputWithPooling:
+    """transformers' v5 `get_image_features` contract: the tower's `last_hidden_state` (B, N, D_v), the bridge
+    outputs as `pooler_output` (B_img, N_tokens, D_text: one entry per image, what serving engines scatter), and the
+    tower's hidden states and attentions only when they were asked for."""
+    return BaseModelOutputWithPooling(
+        last_hidden_state=outputs.last_hidden_state,
+        pooler_output=pooler_output,
+        hidden_states=outputs.hidden_states if output_hidden_states else None,
+        attentions=getattr(outputs, "attentions", None),
+    )
 
 
 def check_feature_layer(vision_config: PreTrainedConfig, layer: int) -> None:
@@ -134,4 +149,6 @@ __all__ = [
     "check_text_config",
     "check_feature_layer",
     "tower_features",
+    "tower_outputs",
+    "image_features_output",
 ]

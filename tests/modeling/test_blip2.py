@@ -242,8 +242,8 @@ def test_instruction_enters_the_qformer():
     other = processor(images=T.random_images(2), text=["<image>how many cats?", "<image>which colour?"],
                       qformer_text=["how many cats?", "which colour?"], padding=True, return_tensors="pt")  # fmt: skip
     with torch.no_grad():
-        a = model.model.get_image_features(inputs["pixel_values"], inputs["qformer_input_ids"], inputs["qformer_attention_mask"])  # fmt: skip
-        b = model.model.get_image_features(inputs["pixel_values"], other["qformer_input_ids"], other["qformer_attention_mask"])  # fmt: skip
+        a = model.model.get_image_features(inputs["pixel_values"], inputs["qformer_input_ids"], inputs["qformer_attention_mask"]).pooler_output  # fmt: skip
+        b = model.model.get_image_features(inputs["pixel_values"], other["qformer_input_ids"], other["qformer_attention_mask"]).pooler_output  # fmt: skip
     assert not torch.allclose(a, b, atol=1e-4)
 
 

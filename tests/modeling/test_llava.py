@@ -64,18 +64,18 @@ def test_feature_layer_list_concatenates_hidden_states():
     pixels = torch.randn(1, 3, T.IMAGE_SIZE, T.IMAGE_SIZE)
     states = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states
     expected = model.model.bridge(torch.cat([states[-2], states[-1]], -1)[:, 1:])
-    torch.testing.assert_close(model.model.get_image_features(pixels), expected, rtol=0, atol=0)
+    torch.testing.assert_close(model.model.get_image_features(pixels).pooler_output, expected, rtol=0, atol=0)
 
 
 def test_default_strategy_drops_only_the_towers_prefix_tokens():
     # CLIP has a CLS token, SigLIP none: both must yield exactly the 16 patches of a 4x4 grid.
     for vision in ("clip", "siglip", "dinov2"):
         model = HfMmLlavaForConditionalGeneration(T.tiny_llava_config(vision, "llama", "linear"))
-        assert model.get_image_features(torch.randn(2, 3, 32, 32)).shape == (2, 16, T.HIDDEN), vision
+        assert model.get_image_features(torch.randn(2, 3, 32, 32)).pooler_output.shape == (2, 16, T.HIDDEN), vision
     full = HfMmLlavaForConditionalGeneration(
         T.tiny_llava_config("clip", "llama", "linear", vision_feature_select_strategy="full")
     )
-    assert full.get_image_features(torch.randn(2, 3, 32, 32)).shape == (2, 17, T.HIDDEN)
+    assert full.get_image_features(torch.randn(2, 3, 32, 32)).pooler_output.shape == (2, 17, T.HIDDEN)
 
 
 def test_image_placeholders_are_never_loss_targets():

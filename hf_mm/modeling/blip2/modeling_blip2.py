@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, Blip2QFormerConfig, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.utils import logging
+from transformers.utils.generic import can_return_tuple
 
 from ..llava.modeling_llava import (
     HfMmLlavaCausalLMOutputWithPast,
@@ -42,7 +43,7 @@ from ..llava.modeling_llava import (
     HfMmLlavaModelOutputWithPast,
 )
 from ..safetensors_only import SafetensorsOnlyMixin
-from ..towers import load_vision_tower, tower_features, tower_from_config
+from ..towers import image_features_output, load_vision_tower, tower_features, tower_from_config, tower_outputs
 from .configuration_blip2 import HfMmBlip2Config
 from .masks import qformer_attention_mask
 
@@ -191,22 +192,30 @@ class HfMmBlip2Model(HfMmBlip2PreTrainedModel, HfMmLlavaModel):
     def build_bridge(config: HfMmBlip2Config) -> nn.Module:
         return QFormerBridge(config, output_size=config.text_config.hidden_size)
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
-    ) -> torch.Tensor:
-        """(B, C, H, W) pixels [+ (B, T) instruction for InstructBLIP] -> (B, Q, D_text) prefix tokens."""
+    ) -> BaseModelOutputWithPooling:
+        """(B, C, H, W) pixels [+ (B, T) instruction for InstructBLIP] -> `pooler_output` (B, Q, D_text), the prefix
+        tokens; the tower's `last_hidden_state` (and, when asked for, its hidden states) alongside."""
         if qformer_input_ids is not None and not self.config.instruction_aware:
             raise ValueError(
                 "Got qformer_input_ids, but this model's Q-Former does not read text. Drop them, or build an "
                 "instruction-aware model (qformer_config.use_qformer_text_input=True, InstructBLIP)."
             )
-        features = tower_features(self.vision_tower, pixel_values, self.config.vision_feature_layer)  # (B, N, D_v)
-        return self.bridge(features, input_ids=qformer_input_ids, attention_mask=qformer_attention_mask)
+        outputs = tower_outputs(self.vision_tower, pixel_values, **kwargs)
+        features = tower_features(outputs, self.config.vision_feature_layer)  # (B, N, D_v)
+        prefix = self.bridge(features, input_ids=qformer_input_ids, attention_mask=qformer_attention_mask)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return image_features_output(outputs, prefix, output_hidden_states)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -298,6 +307,7 @@ class HfMmBlip2ForConditionalGeneration(HfMmBlip2PreTrainedModel, HfMmLlavaForCo
         logger.info(f"from_stage1: left out {len(unexpected)} Q-Former text-path tensors not used in stage 2.")
         return model
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -321,9 +331,9 @@ class HfMmBlip2ForConditionalGeneration(HfMmBlip2PreTrainedModel, HfMmLlavaForCo
             inputs_embeds=inputs_embeds,
             qformer_input_ids=qformer_input_ids,
             qformer_attention_mask=qformer_attention_mask,
-            **kwargs,
+            **{**kwargs, "return_dict": True},
         )
-        return self._head_forward(outputs, input_ids, labels, logits_to_keep)
+        return self._head_forward(outputs, input_ids, labels, logits_to_keep, **kwargs)
 
 
 @dataclass
@@ -441,7 +451,7 @@ class HfMmBlip2ForImageTextRetrieval(HfMmBlip2PreTrainedModel):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, D_v) tower features."""
-        return tower_features(self.vision_tower, pixel_values, self.config.vision_feature_layer)
+        return tower_features(tower_outputs(self.vision_tower, pixel_values), self.config.vision_feature_layer)
 
     @torch.no_grad()
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

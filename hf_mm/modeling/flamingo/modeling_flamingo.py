@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils.generic import can_return_tuple
 
 from ...processing.tokenization import END_OF_CHUNK, IMAGE_TOKEN, prepare_flamingo_tokenizer
 from ..bridges import PerceiverResampler
@@ -35,7 +37,7 @@ from ..llava.modeling_llava import (
     HfMmLlavaModelOutputWithPast,
 )
 from ..safetensors_only import SafetensorsOnlyMixin
-from ..towers import load_vision_tower, tower_features
+from ..towers import image_features_output, load_vision_tower, tower_features, tower_outputs
 from .configuration_flamingo import HfMmFlamingoConfig
 
 
@@ -189,38 +191,62 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, HfMmLlavaModel):
         blocks = zip(self.config.cross_attn_layers, self.bridge.gated_cross_attn, strict=True)
         self._hooks = [layers[i].register_forward_pre_hook(block.pre_hook, with_kwargs=True) for i, block in blocks]
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        """(N, C, H, W) images or (N, F, C, H, W) clips -> (N, num_latents, D_v) resampled media."""
+    @can_return_tuple
+    def get_image_features(
+        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """(N, C, H, W) images or (N, F, C, H, W) clips -> `pooler_output` (N, num_latents, D_v), the resampled
+        media; the tower's `last_hidden_state` (per frame for clips) alongside."""
         video = pixel_values.dim() == 5
         flat = pixel_values.flatten(0, 1) if video else pixel_values
-        features = tower_features(self.vision_tower, flat, self.config.vision_feature_layer)  # (N [* F], P, D_v)
+        outputs = tower_outputs(self.vision_tower, flat, **kwargs)
+        features = tower_features(outputs, self.config.vision_feature_layer)  # (N [* F], P, D_v)
         if video:
             features = features.unflatten(0, pixel_values.shape[:2])  # (N, F, P, D_v)
-        return self.bridge(features)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return image_features_output(outputs, self.bridge(features), output_hidden_states)
 
-    def media_per_sample(self, input_ids: torch.LongTensor, media: torch.Tensor) -> torch.Tensor:
-        """Flat (N_img, n, D) media in `<image>` order -> (B, M, n, D), each sample's images first, zero-padded."""
-        counts = (input_ids == self.config.image_token_id).sum(1)
+    def media_per_sample(self, is_image: torch.Tensor, media: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Flat (N_img, n, D) media in `<image>` order -> (B, M, n, D), each sample's images first, zero-padded.
+        `is_image` (B, L) marks the `<image>` tokens of this call; `offsets` (B,) counts those behind the cache."""
+        counts = is_image.sum(1) + offsets
         if int(counts.sum()) != media.shape[0]:
             raise ValueError(
                 f"Image features and image tokens do not match: tokens: {int(counts.sum())}, features: "
                 f"{media.shape[0]}. Pass one image per <image> token, in the order the tokens appear in the batch."
             )
-        per_sample = media.new_zeros(input_ids.shape[0], max(int(counts.max()), 1), *media.shape[1:])
+        per_sample = media.new_zeros(is_image.shape[0], max(int(counts.max()), 1), *media.shape[1:])
         for b, images in enumerate(media.split(counts.tolist())):
             per_sample[b, : len(images)] = images
         return per_sample
 
-    def restart_per_sample(self, text_time, input_ids, position_ids) -> torch.Tensor:
+    def restart_per_sample(self, text_time, is_image, position_ids) -> torch.Tensor:
         """Packed rows (no attention mask, positions restarting at 0 per sample): a token sees the latest image of
         its own sample only, and nothing before that sample's first image."""
         is_start = position_ids == 0  # (B, L)
-        index = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        index = torch.arange(is_image.shape[1], device=is_image.device).expand_as(is_image)
         start = torch.cummax(torch.where(is_start, index, 0), dim=1).values  # each token's sample start
-        before = text_time - (input_ids == self.config.image_token_id).long()  # images strictly before each token
+        before = text_time - is_image.long()  # images strictly before each token
         images_before_sample = before.gather(1, start)
         return torch.where(text_time > images_before_sample, text_time, 0)
 
+    def resolve_media(self, is_image, pixel_values, media, offsets, past_key_values) -> torch.Tensor | None:
+        """(B, M, n, D) media for this call: resampled from `pixel_values`, or the `image_hidden_states` of an
+        earlier call; None when the text (with what the cache holds) has no image. Refuses text whose images
+        are missing, including a continuation from a cache whose prefix holds images (`offsets` > 0)."""
+        if pixel_values is not None:
+            return self.media_per_sample(is_image, self.get_image_features(pixel_values).pooler_output, offsets)
+        has_cache = past_key_values is not None and past_key_values.get_seq_length() > 0
+        if media is None and (bool(offsets.any()) or (is_image.any() and not has_cache)):
+            raise ValueError(
+                "Image features and image tokens do not match: the text (or the prefix in its cache) holds <image> "
+                "tokens but no pixel_values (or image_hidden_states) were given. To continue from a returned cache, "
+                "pass the same images again, or the image_hidden_states of the previous output."
+            )
+        return media
+
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -234,31 +260,23 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, HfMmLlavaModel):
         **kwargs,
     ) -> HfMmLlavaModelOutputWithPast:
         """`image_hidden_states` (B, M, n, D): media resampled by an earlier call (generate() passes them on);
-        `media_offsets` (B,): `<image>` tokens that came before `input_ids` (set by generate() while decoding)."""
+        `media_offsets` (B,): `<image>` tokens behind the cache, before `input_ids` (generate() sets them)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
-        media = image_hidden_states
-        if pixel_values is not None or media is not None:
-            if input_ids is None:
-                raise ValueError("Flamingo places images by their <image> tokens: pass input_ids with the images.")
-        if pixel_values is not None:
-            media = self.media_per_sample(input_ids, self.get_image_features(pixel_values))  # (B, M, n, D_v)
-        elif media is None and input_ids is not None and (input_ids == self.config.image_token_id).any():
-            if past_key_values is None or past_key_values.get_seq_length() == 0:
-                raise ValueError(
-                    "Image features and image tokens do not match: the text holds <image> tokens but no "
-                    "pixel_values (or image_hidden_states) were given."
-                )
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
+        is_image = self.get_placeholder_mask(input_ids, inputs_embeds)  # (B, L)
+        offsets = torch.zeros(is_image.shape[0], dtype=torch.long, device=is_image.device)
+        if media_offsets is not None:
+            offsets = media_offsets.to(is_image.device)
+        media = self.resolve_media(is_image, pixel_values, image_hidden_states, offsets, past_key_values)
         text_time = None
         if media is not None:  # each token's latest image, 1-based; 0 before the first image
-            text_time = torch.cumsum(input_ids == self.config.image_token_id, dim=1)
-            text_time = text_time + (0 if media_offsets is None else media_offsets.to(text_time.device)[:, None])
+            text_time = torch.cumsum(is_image, dim=1) + offsets[:, None]
             if attention_mask is None and position_ids is not None and past_key_values is None:
-                text_time = self.restart_per_sample(text_time, input_ids, position_ids)
+                text_time = self.restart_per_sample(text_time, is_image, position_ids)
         for block in self.bridge.gated_cross_attn:
             block.media, block.text_time = media, text_time
-        if inputs_embeds is None:
-            inputs_embeds = self.get_input_embeddings()(input_ids)
         return self._decode(inputs_embeds, attention_mask, position_ids, past_key_values, media, **kwargs)
 
 
@@ -299,6 +317,7 @@ class HfMmFlamingoForConditionalGeneration(HfMmFlamingoPreTrainedModel, HfMmLlav
         ids = {"image_token_id": IMAGE_TOKEN, "end_of_chunk_token_id": END_OF_CHUNK}
         return tokenizer, {key: tokenizer.convert_tokens_to_ids(token) for key, token in ids.items()}
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -322,9 +341,9 @@ class HfMmFlamingoForConditionalGeneration(HfMmFlamingoPreTrainedModel, HfMmLlav
             inputs_embeds=inputs_embeds,
             image_hidden_states=image_hidden_states,
             media_offsets=media_offsets,
-            **kwargs,
+            **{**kwargs, "return_dict": True},
         )
-        return self._head_forward(outputs, input_ids, labels, logits_to_keep)
+        return self._head_forward(outputs, input_ids, labels, logits_to_keep, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, **kwargs):
         """The generic preparation, plus `media_offsets`: the `<image>` tokens already behind the cache."""

@@ -17,12 +17,22 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.utils.generic import can_return_tuple
 
 from ...processing.tokenization import IMAGE_TOKEN, prepare_tokenizer, stop_at_end_of_turn
 from ..bridges import PerceiverResampler, QwenAdapterBridge, build_bridge
+from ..heads import CausalLMHeadMixin
 from ..safetensors_only import SafetensorsOnlyMixin
-from ..towers import embedding_weight_name, load_causal_lm, load_vision_tower, split_causal_lm, tower_from_config
+from ..towers import (
+    embedding_weight_name,
+    image_features_output,
+    load_causal_lm,
+    load_vision_tower,
+    split_causal_lm,
+    tower_from_config,
+    tower_outputs,
+)
 from .configuration_llava import HfMmLlavaConfig
 
 
@@ -34,12 +44,9 @@ class HfMmLlavaModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class HfMmLlavaCausalLMOutputWithPast(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+class HfMmLlavaCausalLMOutputWithPast(CausalLMOutputWithPast):
+    """transformers' causal-LM output plus the bridge outputs `image_hidden_states`."""
+
     image_hidden_states: torch.Tensor | None = None
 
 
@@ -121,26 +128,31 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
-    ) -> torch.Tensor:
-        """(B_img, C, H, W) pixels -> (B_img, N_tokens, D_text) bridge outputs."""
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """(B_img, C, H, W) pixels -> `pooler_output` (B_img, N_tokens, D_text), the bridge outputs; the tower's own
+        `last_hidden_state` (and, when asked for, its hidden states) alongside. `kwargs` go to the tower."""
         layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         layers = [layer] if isinstance(layer, int) else list(layer)
 
-        pixel_values = pixel_values.to(self.vision_tower.dtype)
-        outputs = self.vision_tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+        outputs = tower_outputs(self.vision_tower, pixel_values, **kwargs)
         features = torch.cat([outputs.hidden_states[i] for i in layers], dim=-1)  # (B, P + h*w, D_v * L)
 
         patch_size = self.config.vision_config.patch_size
         grid = (pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size)
         if strategy == "default":
             features = features[:, features.shape[1] - grid[0] * grid[1] :]  # drop the CLS/register prefix
-        return self.bridge(features, grid_size=grid)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return image_features_output(outputs, self.bridge(features, grid_size=grid), output_hidden_states)
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """(B, L) bool mask of `<image>` positions, from ids or, without ids, by matching the placeholder embedding."""
@@ -162,6 +174,7 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel):
         )
         return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_features)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -203,7 +216,7 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel):
 
         image_features = None
         if pixel_values is not None:
-            image_features = self.get_image_features(pixel_values, **image_kwargs)  # (B_img, N, D)
+            image_features = self.get_image_features(pixel_values, **image_kwargs).pooler_output  # (B_img, N, D)
             inputs_embeds = self._scatter_image_features(inputs_embeds, placeholder_mask, image_features)
         elif placeholder_mask.any() and (past_key_values is None or past_key_values.get_seq_length() == 0):
             raise ValueError(
@@ -231,7 +244,7 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel):
         )
 
 
-class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixin):
+class HfMmLlavaForConditionalGeneration(CausalLMHeadMixin, HfMmLlavaPreTrainedModel, GenerationMixin):
     """`model.{vision_tower, bridge, language_model}` plus `lm_head`, tied to the LM embeddings when the LM ties."""
 
     _model_class = HfMmLlavaModel  # the inner model: families built on this class swap in their own
@@ -332,9 +345,10 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -358,21 +372,14 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, GenerationMixi
             inputs_embeds=inputs_embeds,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
-            **kwargs,
+            **{**kwargs, "return_dict": True},
         )
-        return self._head_forward(outputs, input_ids, labels, logits_to_keep)
+        return self._head_forward(outputs, input_ids, labels, logits_to_keep, **kwargs)
 
-    def _head_forward(self, outputs, input_ids, labels, logits_to_keep) -> HfMmLlavaCausalLMOutputWithPast:
-        """LM head and loss on the inner model's outputs; placeholders are never loss targets."""
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(outputs.last_hidden_state[:, keep, :])  # (B, L_keep, V)
-
-        loss = None
-        if labels is not None:
-            if input_ids is not None:
-                labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
-
+    def _head_forward(self, outputs, input_ids, labels, logits_to_keep, **kwargs) -> HfMmLlavaCausalLMOutputWithPast:
+        """LM head and loss on the inner model's outputs (`heads.CausalLMHeadMixin`): placeholders are never loss
+        targets, and the loss keywords (num_items_in_batch, shift_labels) reach transformers' loss."""
+        logits, loss = self.lm_logits_and_loss(outputs.last_hidden_state, input_ids, labels, logits_to_keep, **kwargs)
         return HfMmLlavaCausalLMOutputWithPast(
             loss=loss,
             logits=logits,

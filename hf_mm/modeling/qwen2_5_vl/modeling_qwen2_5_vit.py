@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import ModelOutput
+from transformers.modeling_outputs import BaseModelOutput
 
 from ..safetensors_only import SafetensorsOnlyMixin
 from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
@@ -150,11 +150,9 @@ class PatchMerger(nn.Module):
 
 
 @dataclass
-class HfMmQwen2_5_ViTOutput(ModelOutput):
-    """`last_hidden_state` (N_patches, D) in the input's block-major order; `hidden_states` per block if asked."""
-
-    last_hidden_state: torch.Tensor | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
+class HfMmQwen2_5_ViTOutput(BaseModelOutput):
+    """`last_hidden_state` (N_patches, D) in the input's block-major order; `hidden_states` if asked: the patch
+    embeddings and each block's output (depth + 1 entries, transformers' convention)."""
 
 
 class HfMmQwen2_5_ViTModel(SafetensorsOnlyMixin, PreTrainedModel):
@@ -211,7 +209,7 @@ class HfMmQwen2_5_ViTModel(SafetensorsOnlyMixin, PreTrainedModel):
         order = (units[:, None] * unit + torch.arange(unit, device=x.device)).flatten()  # patch order, window-major
         cos, sin = (r[order] for r in self.rotary(grid_thw))
         x = x[order]
-        states = []
+        states = [x[torch.argsort(order)]] if output_hidden_states else []
         for index, block in enumerate(self.blocks):
             x = block(x, cos, sin, frames if index in config.fullatt_block_indexes else windows)
             if output_hidden_states:

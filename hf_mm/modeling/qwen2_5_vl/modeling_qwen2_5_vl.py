@@ -15,10 +15,12 @@ import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.utils.generic import can_return_tuple
 
 from ...processing.processing_qwen2_5_vl import prepare_qwen_tokenizer
 from ...processing.tokenization import stop_at_end_of_turn
+from ..heads import CausalLMHeadMixin
 from ..safetensors_only import SafetensorsOnlyMixin
 from ..towers import embedding_weight_name, load_causal_lm, split_causal_lm
 from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
@@ -68,12 +70,42 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def get_image_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """(N_patches, C*2*14*14) packed pixels -> (N_patches / 4, D_text) merged features, in the input's order."""
-        return self.bridge(self.vision_tower(pixel_values, grid_thw).last_hidden_state)
+    def _vision_features(self, pixel_values, grid_thw, output_hidden_states, **kwargs) -> BaseModelOutputWithPooling:
+        """(N_patches, C*2*14*14) packed pixels -> `pooler_output`: one (N_i / 4, D_text) merged tensor per image or
+        video, in the input's order; the tower's `last_hidden_state` (N_patches, D_v) alongside."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        outputs = self.vision_tower(pixel_values, grid_thw, output_hidden_states=output_hidden_states, **kwargs)
+        merged = self.bridge(outputs.last_hidden_state)  # (N_patches / 4, D_text)
+        sizes = (grid_thw.prod(-1) // self.config.vision_config.spatial_merge_size**2).tolist()
+        return BaseModelOutputWithPooling(
+            last_hidden_state=outputs.last_hidden_state,
+            pooler_output=merged.split(sizes),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
-    def _scatter(self, embeds, input_ids, token_id: int, features: torch.Tensor, name: str) -> torch.Tensor:
-        mask = input_ids == token_id
+    @can_return_tuple
+    def get_image_features(self, pixel_values, image_grid_thw, output_hidden_states=None, **kwargs):
+        return self._vision_features(pixel_values, image_grid_thw, output_hidden_states, **kwargs)
+
+    @can_return_tuple
+    def get_video_features(self, pixel_values_videos, video_grid_thw, output_hidden_states=None, **kwargs):
+        return self._vision_features(pixel_values_videos, video_grid_thw, output_hidden_states, **kwargs)
+
+    def placeholder_masks(self, input_ids, inputs_embeds) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) image and video placeholder masks, from the ids or, without ids, by matching the embeddings."""
+        masks = []
+        for token_id in (self.config.image_token_id, self.config.video_token_id):
+            if input_ids is not None:
+                masks.append(input_ids == token_id)
+            else:
+                token = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+                masks.append((inputs_embeds == token).all(-1))
+        return masks[0], masks[1]
+
+    def _scatter(self, embeds, mask, features: tuple[torch.Tensor, ...], name: str) -> torch.Tensor:
+        features = torch.cat(features)
         if int(mask.sum()) != features.shape[0]:
             raise ValueError(
                 f"Image features and image tokens do not match: {int(mask.sum())} {name} tokens in the text, "
@@ -81,14 +113,16 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
             )
         return embeds.masked_scatter(mask[..., None], features.to(embeds.dtype))
 
-    def _position_ids(self, input_ids, mm_token_type_ids, attention_mask, grids, length: int, past: int, packed=None):
-        """(3, B, L) M-RoPE ids: built from the token types at prefill, continued from `rope_deltas` after.
-        `packed`: 1D position ids restarting per sample (padding-free packing); each sample then gets its own ids."""
+    def _position_ids(self, masks, mm_token_type_ids, attention_mask, grids, length: int, past: int, packed=None):
+        """(3, B, L) M-RoPE ids: built from the token types (or the placeholder `masks`) at prefill, continued from
+        `rope_deltas` after. `packed`: 1D position ids restarting per sample (padding-free packing); each sample
+        then gets its own ids."""
         if past == 0 or self.rope_deltas is None:
             if mm_token_type_ids is None:
-                mm_token_type_ids = torch.full_like(input_ids, TEXT)
-                mm_token_type_ids[input_ids == self.config.image_token_id] = IMAGE
-                mm_token_type_ids[input_ids == self.config.video_token_id] = VIDEO
+                image_mask, video_mask = masks
+                mm_token_type_ids = torch.full(image_mask.shape, TEXT, dtype=torch.long, device=image_mask.device)
+                mm_token_type_ids[image_mask] = IMAGE
+                mm_token_type_ids[video_mask] = VIDEO
             vision = self.config.vision_config
             if packed is not None:
                 self.rope_deltas = None  # packed rows are for training; nothing decodes from them
@@ -102,6 +136,7 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
         steps = torch.arange(past, past + length, device=self.rope_deltas.device)
         return (steps[None] + self.rope_deltas).expand(3, -1, -1)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -117,21 +152,24 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
+        masks = self.placeholder_masks(input_ids, inputs_embeds)
         if pixel_values is not None:
-            features = self.get_image_features(pixel_values, image_grid_thw)
-            inputs_embeds = self._scatter(inputs_embeds, input_ids, self.config.image_token_id, features, "image")
+            features = self.get_image_features(pixel_values, image_grid_thw).pooler_output
+            inputs_embeds = self._scatter(inputs_embeds, masks[0], features, "image")
         if pixel_values_videos is not None:
-            features = self.get_image_features(pixel_values_videos, video_grid_thw)
-            inputs_embeds = self._scatter(inputs_embeds, input_ids, self.config.video_token_id, features, "video")
+            features = self.get_video_features(pixel_values_videos, video_grid_thw).pooler_output
+            inputs_embeds = self._scatter(inputs_embeds, masks[1], features, "video")
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         grids = (image_grid_thw, video_grid_thw, second_per_grid_ts)
         rotary = self.language_model.rotary_emb
         # Packed rows: 1D positions restarting per sample and no mask (transformers then masks per sample, too).
         packed = kwargs.get("position_ids") if attention_mask is None and past == 0 else None
         rotary.position_ids = self._position_ids(
-            input_ids, mm_token_type_ids, attention_mask, grids, inputs_embeds.shape[1], past, packed
+            masks, mm_token_type_ids, attention_mask, grids, inputs_embeds.shape[1], past, packed
         ).to(inputs_embeds.device)
         try:
             outputs = self.language_model(
@@ -144,15 +182,11 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
 
 
 @dataclass
-class HfMmQwen2_5_VLCausalLMOutput(ModelOutput):
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor, ...] | None = None
-    attentions: tuple[torch.Tensor, ...] | None = None
+class HfMmQwen2_5_VLCausalLMOutput(CausalLMOutputWithPast):
+    """transformers' causal-LM output (this family adds no field; the name is kept for existing imports)."""
 
 
-class HfMmQwen2_5_VLForConditionalGeneration(HfMmQwen2_5_VLPreTrainedModel, GenerationMixin):
+class HfMmQwen2_5_VLForConditionalGeneration(CausalLMHeadMixin, HfMmQwen2_5_VLPreTrainedModel, GenerationMixin):
     """`model.{vision_tower, bridge, language_model}` plus `lm_head`, tied to the LM embeddings when the LM ties."""
 
     def __init__(self, config: HfMmQwen2_5_VLConfig):
@@ -213,6 +247,7 @@ class HfMmQwen2_5_VLForConditionalGeneration(HfMmQwen2_5_VLPreTrainedModel, Gene
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -234,15 +269,10 @@ class HfMmQwen2_5_VLForConditionalGeneration(HfMmQwen2_5_VLPreTrainedModel, Gene
             input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
             image_grid_thw=image_grid_thw, pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
             second_per_grid_ts=second_per_grid_ts, mm_token_type_ids=mm_token_type_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache, **kwargs,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            **{**kwargs, "return_dict": True},
         )  # fmt: skip
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(outputs.last_hidden_state[:, keep, :])  # (B, L_keep, V)
-        loss = None
-        if labels is not None:
-            vision = (input_ids == self.config.image_token_id) | (input_ids == self.config.video_token_id)
-            labels = labels.masked_fill(vision, -100)
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size)
+        logits, loss = self.lm_logits_and_loss(outputs.last_hidden_state, input_ids, labels, logits_to_keep, **kwargs)
         return HfMmQwen2_5_VLCausalLMOutput(
             loss=loss,
             logits=logits,
@@ -250,6 +280,15 @@ class HfMmQwen2_5_VLForConditionalGeneration(HfMmQwen2_5_VLPreTrainedModel, Gene
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
         )
+
+    def placeholder_token_ids(self) -> tuple[int, ...]:
+        return (self.config.image_token_id, self.config.video_token_id)
+
+    def get_image_features(self, pixel_values, image_grid_thw, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, image_grid_thw, **kwargs)
+
+    def get_video_features(self, pixel_values_videos, video_grid_thw, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_video_features(pixel_values_videos, video_grid_thw, **kwargs)
 
 
 __all__ = ["HfMmQwen2_5_VLPreTrainedModel", "HfMmQwen2_5_VLModel", "HfMmQwen2_5_VLForConditionalGeneration"]
