@@ -12,13 +12,18 @@ import torch
 import torch.nn.functional as F
 
 
+def _embedding(features) -> torch.Tensor:
+    """The embedding of a `get_*_features` result: v5 outputs carry it as `pooler_output`."""
+    return features.pooler_output if hasattr(features, "pooler_output") else features
+
+
 @torch.no_grad()
 def embed_images(model, processor, images: list, batch_size: int = 64) -> torch.Tensor:
     """(N, D) L2-normalised image embeddings."""
     out = []
     for start in range(0, len(images), batch_size):
         pixels = processor(images=images[start : start + batch_size], return_tensors="pt")["pixel_values"]
-        out.append(F.normalize(model.get_image_features(pixel_values=pixels.to(model.device)), dim=-1))
+        out.append(F.normalize(_embedding(model.get_image_features(pixel_values=pixels.to(model.device))), dim=-1))
     return torch.cat(out)
 
 
@@ -28,7 +33,10 @@ def embed_texts(model, processor, texts: list[str], batch_size: int = 256) -> to
     out = []
     for start in range(0, len(texts), batch_size):
         tokens = processor(text=texts[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
-        out.append(F.normalize(model.get_text_features(tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device)), dim=-1))  # fmt: skip
+        features = model.get_text_features(
+            tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device)
+        )
+        out.append(F.normalize(_embedding(features), dim=-1))
     return torch.cat(out)
 
 

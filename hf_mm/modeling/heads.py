@@ -49,13 +49,57 @@ def warn_if_counted(labels: torch.Tensor, cleaned: torch.Tensor, num_items_in_ba
 
 class CausalLMHeadMixin:
     """For a `...ForConditionalGeneration` with `self.lm_head` and an inner `self.model`; the family names its
-    placeholder tokens in `placeholder_token_ids()`."""
+    placeholder tokens in `placeholder_token_ids()` and how its image inputs split per sample in
+    `split_vision_inputs`. Also the two generate() rules every family shares: images travel with their sample when
+    beam search repeats samples, and (prefix fusion) images already in the cache are not encoded again."""
 
     # The head reads the embedding it is tied to, so a tensor-parallel plan must gather its output itself.
     _tp_plan = {"lm_head": "colwise_gather_output"}
+    # Prefix fusion: an image lives in the KV cache once its placeholders are behind it. Cross-attention fusion
+    # (Flamingo) sets False: its text keeps reading the images at every step.
+    images_live_in_cache = True
+    vision_inputs = ("pixel_values",)
 
     def placeholder_token_ids(self) -> tuple[int, ...]:
         return (self.config.image_token_id,)
+
+    def split_vision_inputs(self, input_ids: torch.Tensor, model_kwargs: dict) -> dict[str, list[torch.Tensor]]:
+        """{input name: one tensor per sample} for the image inputs; each image has the same number of
+        placeholders (the prefix bridges' fixed count, or Flamingo's single `<image>`)."""
+        pixel_values = model_kwargs.get("pixel_values")
+        if pixel_values is None or pixel_values.shape[0] == 0:
+            return {}
+        counts = torch.isin(input_ids, torch.tensor(self.placeholder_token_ids(), device=input_ids.device)).sum(1)
+        per_image, rest = divmod(int(counts.sum()), pixel_values.shape[0])
+        if rest or not per_image or (counts % per_image).any():
+            return {}  # inconsistent input: forward raises the placeholder mismatch with the numbers
+        return {"pixel_values": list(pixel_values.split((counts // per_image).tolist()))}
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        """Beam search and `num_return_sequences` repeat each sample `expand_size` times; its images are repeated
+        with it, sample by sample (repeating each image in place would hand a sample with two images the wrong
+        ones)."""
+        split = self.split_vision_inputs(input_ids, model_kwargs) if expand_size > 1 and input_ids is not None else {}
+        for key in split:
+            model_kwargs.pop(key)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        for key, chunks in split.items():
+            model_kwargs[key] = torch.cat([chunk for chunk in chunks for _ in range(expand_size)])
+        return input_ids, model_kwargs
+
+    def prepare_inputs_for_generation(self, input_ids, **kwargs):
+        """The generic preparation; when continuing from a cache whose prefix already holds every placeholder
+        (prefix fusion), the images it was given are already encoded there and are not run again."""
+        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        current = model_inputs.get("input_ids")
+        if self.images_live_in_cache and current is not None and current.shape[1] < input_ids.shape[1]:
+            ids = torch.tensor(self.placeholder_token_ids(), device=current.device)
+            if not torch.isin(current, ids).any():
+                for key in self.vision_inputs:
+                    model_inputs.pop(key, None)
+        return model_inputs
 
     def lm_logits_and_loss(self, hidden_states, input_ids, labels, logits_to_keep, **loss_kwargs):
         """(B, L, D) hidden states -> ((B, L_keep, V) logits, loss or None). `loss_kwargs` are the forward's own

@@ -127,3 +127,60 @@ class DualEncoderTester:
         pixel_values = torch.randn(self.batch_size, 3, self.image_size, self.image_size)
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
         return config, {**inputs, "return_loss": True}
+
+
+# The one exception to "skip only where transformers skips": these mixin tests feed `<image>` placeholders (the
+# tester's own ids, or random ids that hit the placeholder id) without pixel_values. hf_mm refuses such input on
+# purpose, where transformers' Llava embeds the placeholders as text. What each test is about is checked with images
+# in tests/conformance/test_with_images.py.
+NO_PIXELS = (
+    "feeds <image> placeholders without pixel_values, which hf_mm refuses on purpose; covered with images in "
+    "tests/conformance/test_with_images.py"
+)
+
+
+def skip_mixin_tests(*names: str, reason: str):
+    """Class decorator: skip the mixin tests `names`, including their parameterized expansions (`name_00_fp16...`),
+    with `reason`."""
+    import re
+    import unittest
+
+    def decorate(cls):
+        for attr in dir(cls):
+            if any(re.fullmatch(rf"{name}(_\d+.*)?", attr) for name in names):
+                setattr(cls, attr, unittest.skip(reason=reason)(lambda self: None))
+        return cls
+
+    return decorate
+
+
+def left_pad(inputs: dict, pad_id: int, n: int = 3) -> dict:
+    """The first sample left-padded by `n` tokens (mask 0); the others get `n` more text tokens in front."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    front = torch.randint(IGNORE_IDS, IGNORE_IDS + 50, (ids.shape[0], n))
+    front[0] = pad_id
+    front_mask = torch.ones_like(front)
+    front_mask[0] = 0
+    return {**inputs, "input_ids": torch.cat([front, ids], 1), "attention_mask": torch.cat([front_mask, mask], 1)}
+
+
+def generative_cases() -> dict:
+    """family -> (model class, config, a left-padded batch with one image per sample). The text after each image
+    is random; `config.text_config.pad_token_id` pads."""
+    from hf_mm import HfMmBlip2ForConditionalGeneration, HfMmLlavaForConditionalGeneration
+    from hf_mm import testing as T
+    from hf_mm.modeling.flamingo import HfMmFlamingoForConditionalGeneration
+    from hf_mm.modeling.qwen2_5_vl import HfMmQwen2_5_VLForConditionalGeneration
+
+    families = {
+        "llava": (HfMmLlavaForConditionalGeneration, PrefixVLMTester(None, T.tiny_llava_config, 16)),
+        "blip2": (HfMmBlip2ForConditionalGeneration, PrefixVLMTester(None, T.tiny_blip2_config, 4)),
+        "flamingo": (HfMmFlamingoForConditionalGeneration, PrefixVLMTester(None, T.tiny_flamingo_config, 1)),
+        "qwen2_5_vl": (HfMmQwen2_5_VLForConditionalGeneration, QwenVLTester(None, T.tiny_qwen2_5_vl_config)),
+    }
+    cases = {}
+    for family, (model_class, tester) in families.items():
+        torch.manual_seed(0)
+        config, inputs = tester.prepare_config_and_inputs_for_common()
+        cases[family] = (model_class, config, left_pad(inputs, config.text_config.pad_token_id))
+    return cases

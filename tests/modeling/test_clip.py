@@ -136,10 +136,10 @@ def test_any_text_tower_composes_and_pools(towers, text, pooling):
     inputs = processor(images=T.random_images(2), text=texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         out = model(**inputs, return_loss=True)
-        alone = model.get_text_features(**processor.tokenizer(texts[:1], return_tensors="pt"))
+        alone = model.get_text_features(**processor.tokenizer(texts[:1], return_tensors="pt")).pooler_output
     assert out.logits_per_image.shape == (2, 2) and torch.isfinite(out.loss)
     # Padding must not change a text's embedding (the pooled token is the last real one / the CLS).
-    batched = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+    batched = model.get_text_features(inputs["input_ids"], inputs["attention_mask"]).pooler_output
     torch.testing.assert_close(batched[:1], alone, atol=1e-5, rtol=0)
 
 
@@ -150,7 +150,7 @@ def test_causal_lm_text_tower_pools_the_last_real_token(towers):
     with torch.no_grad():
         hidden = model.text_tower(input_ids=ids, attention_mask=mask).last_hidden_state
         expected = model.text_projection(hidden[:, 2])
-        assert torch.equal(model.get_text_features(ids, mask), expected)
+        assert torch.equal(model.get_text_features(ids, mask).pooler_output, expected)
 
 
 def test_mean_and_cls_pooling_follow_the_mask():
@@ -162,10 +162,11 @@ def test_mean_and_cls_pooling_follow_the_mask():
     ids, mask = torch.tensor([[5, 6, 7, 1]]), torch.tensor([[1, 1, 1, 0]])
     with torch.no_grad():
         hidden = model.text_tower(input_ids=ids, attention_mask=mask).last_hidden_state
-        torch.testing.assert_close(model.get_text_features(ids, mask), hidden[:, :3].mean(1))
+        torch.testing.assert_close(model.get_text_features(ids, mask).pooler_output, hidden[:, :3].mean(1))
         pixels = torch.randn(1, 3, 32, 32)
         torch.testing.assert_close(
-            model.get_image_features(pixels), model.vision_tower(pixel_values=pixels).last_hidden_state[:, 0]
+            model.get_image_features(pixels).pooler_output,
+            model.vision_tower(pixel_values=pixels).last_hidden_state[:, 0],
         )
 
 

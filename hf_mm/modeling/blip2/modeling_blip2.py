@@ -31,11 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, Blip2QFormerConfig, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
+from ..initialization import GuardedInitMixin
 from ..llava.modeling_llava import (
     HfMmLlavaCausalLMOutputWithPast,
     HfMmLlavaForConditionalGeneration,
@@ -155,7 +157,7 @@ class QFormerBridge(nn.Module):
         return self.language_projection(query_output)  # (B, Q, D_text)
 
 
-class HfMmBlip2PreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
+class HfMmBlip2PreTrainedModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTrainedModel):
     config: HfMmBlip2Config
     base_model_prefix = "model"
     input_modalities = ("image", "text")
@@ -172,15 +174,15 @@ class HfMmBlip2PreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
         the Q-Former's own layers are initialised by their classes through this same hook chain."""
         std = self.config.initializer_range
         if isinstance(module, QFormerBridge):
-            module.query_tokens.normal_(mean=0.0, std=std)
+            init.normal_(module.query_tokens, mean=0.0, std=std)
         elif isinstance(module, nn.Linear):
-            module.weight.normal_(mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
-                module.bias.zero_()
+                init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            module.weight.normal_(mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
         elif isinstance(module, HfMmBlip2ForImageTextRetrieval):
-            module.logit_scale.fill_(math.log(1 / 0.07))
+            init.constant_(module.logit_scale, math.log(1 / 0.07))
         else:
             super()._init_weights(module)
 

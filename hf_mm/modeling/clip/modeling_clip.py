@@ -16,8 +16,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import ModelOutput
+from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
+from transformers.utils.generic import can_return_tuple
 
+from ..initialization import GuardedInitMixin
 from ..safetensors_only import SafetensorsOnlyMixin
 from ..towers import load_text_tower, load_vision_config, load_vision_tower, tower_from_config
 from .configuration_clip import HfMmClipConfig
@@ -26,13 +29,19 @@ from .loss_clip import infonce_loss, sigmoid_loss
 
 @dataclass
 class HfMmClipOutput(ModelOutput):
-    """`logits_per_image` (n_images, n_texts) and its transpose; embeddings are L2-normalised."""
+    """`logits_per_image` (n_images, n_texts) and its transpose; embeddings are L2-normalised; each tower's own
+    output (with its hidden states and attentions when asked for), as transformers' `CLIPOutput`."""
 
     loss: torch.Tensor | None = None
     logits_per_image: torch.Tensor | None = None
     logits_per_text: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in super().to_tuple())
 
 
 def pool(outputs, mode: str, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -52,6 +61,17 @@ def pool(outputs, mode: str, attention_mask: torch.Tensor | None) -> torch.Tenso
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
+def _with_pooler_output(outputs, pooler_output: torch.Tensor) -> BaseModelOutputWithPooling:
+    """A tower's output with `pooler_output` set to the projected embedding (any tower: a causal LM's output has
+    no pooler field of its own)."""
+    return BaseModelOutputWithPooling(
+        last_hidden_state=outputs.last_hidden_state,
+        pooler_output=pooler_output,
+        hidden_states=getattr(outputs, "hidden_states", None),
+        attentions=getattr(outputs, "attentions", None),
+    )
+
+
 def _heads(config: HfMmClipConfig):
     """The modules hf_mm adds to the towers: two projections (or identities), the logit scale and the bias."""
     if config.projection_dim is None:
@@ -66,7 +86,7 @@ def _heads(config: HfMmClipConfig):
     return (*projections, scale, bias)
 
 
-class HfMmClipPreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
+class HfMmClipPreTrainedModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTrainedModel):
     config: HfMmClipConfig
     base_model_prefix = "hf_mm_clip"
     input_modalities = ("image", "text")
@@ -80,12 +100,12 @@ class HfMmClipPreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
         """The one place weights are initialised. Towers initialise themselves; ours are the projections, N(0, 1/sqrt
         of the input width) as in CLIP, and the logit scale / bias from the config."""
         if isinstance(module, HfMmClipModel):
-            module.logit_scale.fill_(self.config.logit_scale_init_value)
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             if module.logit_bias is not None:
-                module.logit_bias.fill_(self.config.logit_bias_init_value)
+                init.constant_(module.logit_bias, self.config.logit_bias_init_value)
             for projection in (module.visual_projection, module.text_projection):
                 if isinstance(projection, nn.Linear):
-                    projection.weight.normal_(mean=0.0, std=projection.in_features**-0.5)
+                    init.normal_(projection.weight, mean=0.0, std=projection.in_features**-0.5)
         elif not isinstance(module, nn.Linear):
             super()._init_weights(module)
 
@@ -98,20 +118,27 @@ class HfMmClipModel(HfMmClipPreTrainedModel):
         self.visual_projection, self.text_projection, self.logit_scale, self.logit_bias = _heads(config)
         self.post_init()
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> torch.Tensor:
-        """(B, C, H, W) -> (B, projection_dim), not normalised (as transformers' CLIPModel)."""
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        """(B, C, H, W) -> the image tower's output, its `pooler_output` replaced by the (B, projection_dim)
+        embedding, not normalised (as transformers' CLIPModel). `kwargs` go to the tower."""
         outputs = self.vision_tower(pixel_values=pixel_values.to(self.vision_tower.dtype), return_dict=True, **kwargs)
-        return self.visual_projection(pool(outputs, self.config.resolved_vision_pooling, None))
+        embeds = self.visual_projection(pool(outputs, self.config.resolved_vision_pooling, None))
+        return _with_pooler_output(outputs, embeds)
 
+    @can_return_tuple
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        """(B, T) token ids -> (B, projection_dim), not normalised."""
+        """(B, T) token ids -> the text tower's output, its `pooler_output` replaced by the (B, projection_dim)
+        embedding, not normalised."""
         outputs = self.text_tower(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
-        return self.text_projection(pool(outputs, self.config.resolved_text_pooling, attention_mask))
+        embeds = self.text_projection(pool(outputs, self.config.resolved_text_pooling, attention_mask))
+        return _with_pooler_output(outputs, embeds)
 
     def scale(self) -> torch.Tensor:
         """The logit multiplier exp(logit_scale), clamped at `max_logit_scale`."""
         return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -120,8 +147,11 @@ class HfMmClipModel(HfMmClipPreTrainedModel):
         return_loss: bool | None = None,
         **kwargs,
     ) -> HfMmClipOutput:
-        image_embeds = nn.functional.normalize(self.get_image_features(pixel_values), dim=-1)  # (B_i, D)
-        text_embeds = nn.functional.normalize(self.get_text_features(input_ids, attention_mask), dim=-1)  # (B_t, D)
+        """`kwargs` (output_hidden_states, output_attentions) go to both towers."""
+        vision_outputs = self.get_image_features(pixel_values, **kwargs)
+        text_outputs = self.get_text_features(input_ids, attention_mask, **kwargs)
+        image_embeds = nn.functional.normalize(vision_outputs.pooler_output, dim=-1)  # (B_i, D)
+        text_embeds = nn.functional.normalize(text_outputs.pooler_output, dim=-1)  # (B_t, D)
         logits_per_text = self.scale() * text_embeds @ image_embeds.t()  # (B_t, B_i)
         if self.logit_bias is not None:
             logits_per_text = logits_per_text + self.logit_bias
@@ -137,6 +167,8 @@ class HfMmClipModel(HfMmClipPreTrainedModel):
             logits_per_text=logits_per_text,
             text_embeds=text_embeds,
             image_embeds=image_embeds,
+            text_model_output=text_outputs,
+            vision_model_output=vision_outputs,
         )
 
     @classmethod

@@ -24,12 +24,14 @@ Departures from the paper / OpenFlamingo:
 import torch
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 
 from ...processing.tokenization import END_OF_CHUNK, IMAGE_TOKEN, prepare_flamingo_tokenizer
 from ..bridges import PerceiverResampler
+from ..initialization import GuardedInitMixin
 from ..llava.modeling_llava import (
     HfMmLlavaCausalLMOutputWithPast,
     HfMmLlavaForConditionalGeneration,
@@ -142,7 +144,7 @@ class FlamingoBridge(nn.Module):
         return self.perceiver(image_features)
 
 
-class HfMmFlamingoPreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
+class HfMmFlamingoPreTrainedModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTrainedModel):
     config: HfMmFlamingoConfig
     base_model_prefix = "model"
     input_modalities = ("image", "text")
@@ -158,15 +160,15 @@ class HfMmFlamingoPreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
         identity, the latents and frame embeddings N(0, 1) as in Flamingo, and both gates at exactly 0 (so the
         untrained model is the LM). The towers initialise themselves through this same hook chain."""
         if isinstance(module, PerceiverResampler):
-            module.latents.normal_()
-            module.frame_embeddings.normal_()
+            init.normal_(module.latents)
+            init.normal_(module.frame_embeddings)
         elif isinstance(module, GatedCrossAttentionBlock):
-            module.attn_gate.zero_()
-            module.ff_gate.zero_()
+            init.zeros_(module.attn_gate)
+            init.zeros_(module.ff_gate)
         elif isinstance(module, nn.Linear):
-            module.weight.normal_(mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if module.bias is not None:
-                module.bias.zero_()
+                init.zeros_(module.bias)
         else:
             super()._init_weights(module)
 
@@ -285,6 +287,7 @@ class HfMmFlamingoForConditionalGeneration(HfMmFlamingoPreTrainedModel, HfMmLlav
     the tower once and passes the resampled media on to every decoding step."""
 
     _model_class = HfMmFlamingoModel
+    images_live_in_cache = False  # every later token cross-attends to its latest image
 
     @classmethod
     def from_vision_text_pretrained(

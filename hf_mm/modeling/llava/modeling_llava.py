@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.utils.generic import can_return_tuple
@@ -23,6 +24,7 @@ from transformers.utils.generic import can_return_tuple
 from ...processing.tokenization import IMAGE_TOKEN, prepare_tokenizer, stop_at_end_of_turn
 from ..bridges import PerceiverResampler, QwenAdapterBridge, build_bridge
 from ..heads import CausalLMHeadMixin
+from ..initialization import GuardedInitMixin
 from ..safetensors_only import SafetensorsOnlyMixin
 from ..towers import (
     embedding_weight_name,
@@ -70,7 +72,7 @@ def bridge_from_config(config: HfMmLlavaConfig) -> nn.Module:
     return build_bridge(config.bridge_type, in_features, config.text_config.hidden_size, **config.bridge_settings())
 
 
-class HfMmLlavaPreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
+class HfMmLlavaPreTrainedModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTrainedModel):
     config: HfMmLlavaConfig
     base_model_prefix = "model"
     input_modalities = ("image", "text")
@@ -92,17 +94,17 @@ class HfMmLlavaPreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
         """
         std = getattr(self.config.text_config, "initializer_range", 0.02)
         if isinstance(module, PerceiverResampler):  # its own parameters; its layers are visited on their own
-            module.latents.normal_()  # N(0, 1), as Flamingo's latents and time embeddings
-            module.frame_embeddings.normal_()
+            init.normal_(module.latents)  # N(0, 1), as Flamingo's latents and time embeddings
+            init.normal_(module.frame_embeddings)
         elif isinstance(module, QwenAdapterBridge):
-            module.query.normal_(std=0.02)  # Qwen-VL: trunc_normal(0.02)
+            init.normal_(module.query, std=0.02)  # Qwen-VL: trunc_normal(0.02)
         elif isinstance(module, nn.MultiheadAttention):  # the packed q/k/v projection is no nn.Linear
-            module.in_proj_weight.normal_(mean=0.0, std=std)
-            module.in_proj_bias.zero_()
+            init.normal_(module.in_proj_weight, mean=0.0, std=std)
+            init.zeros_(module.in_proj_bias)
         elif isinstance(module, nn.Linear):
-            module.weight.normal_(mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
-                module.bias.zero_()
+                init.zeros_(module.bias)
         else:
             super()._init_weights(module)
 

@@ -21,9 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutput
 
+from ..initialization import GuardedInitMixin
 from ..safetensors_only import SafetensorsOnlyMixin
 from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
 
@@ -93,6 +95,17 @@ def segment_attention(q, k, v, lengths: list[int]) -> torch.Tensor:
     return out
 
 
+def segment_attention_weights(q, k, lengths: list[int]) -> torch.Tensor:
+    """(heads, N, N) eager attention probabilities of the packed sequence, block-diagonal over the segments: only
+    computed when attentions are asked for (`output_attentions`), as transformers' eager path."""
+    segment = torch.repeat_interleave(
+        torch.arange(len(lengths), device=q.device), torch.tensor(lengths, device=q.device)
+    )
+    scores = torch.einsum("nhd,mhd->hnm", q, k) * q.shape[-1] ** -0.5  # (heads, N, N)
+    scores = scores.masked_fill(segment[:, None] != segment[None, :], torch.finfo(scores.dtype).min)
+    return scores.softmax(-1)
+
+
 class VisionAttention(nn.Module):
     def __init__(self, config: HfMmQwen2_5_ViTConfig):
         super().__init__()
@@ -100,12 +113,16 @@ class VisionAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size, bias=True)
         self.proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    def forward(self, x, cos, sin, lengths: list[int], output_attentions: bool = False):
+        """(N, D) -> ((N, D), (heads, N, N) probabilities when `output_attentions`, else None)."""
         q, k, v = self.qkv(x).view(x.shape[0], 3, self.num_heads, -1).unbind(1)  # each (N, heads, d)
         cos, sin = cos[:, None].float(), sin[:, None].float()
         q = (q.float() * cos + rotate_half(q.float()) * sin).to(v.dtype)  # 2D RoPE in fp32
         k = (k.float() * cos + rotate_half(k.float()) * sin).to(v.dtype)
-        return self.proj(segment_attention(q, k, v, lengths).flatten(1))
+        if not output_attentions:
+            return self.proj(segment_attention(q, k, v, lengths).flatten(1)), None
+        weights = segment_attention_weights(q, k, lengths)
+        return self.proj(torch.einsum("hnm,mhd->nhd", weights, v).flatten(1)), weights
 
 
 class VisionMLP(nn.Module):
@@ -128,9 +145,10 @@ class VisionBlock(nn.Module):
         self.norm2 = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = VisionMLP(config)
 
-    def forward(self, x, cos, sin, lengths: list[int]) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), cos, sin, lengths)
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x, cos, sin, lengths: list[int], output_attentions: bool = False):
+        attended, weights = self.attn(self.norm1(x), cos, sin, lengths, output_attentions)
+        x = x + attended
+        return x + self.mlp(self.norm2(x)), weights
 
 
 class PatchMerger(nn.Module):
@@ -155,7 +173,7 @@ class HfMmQwen2_5_ViTOutput(BaseModelOutput):
     embeddings and each block's output (depth + 1 entries, transformers' convention)."""
 
 
-class HfMmQwen2_5_ViTModel(SafetensorsOnlyMixin, PreTrainedModel):
+class HfMmQwen2_5_ViTModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTrainedModel):
     config: HfMmQwen2_5_ViTConfig
     base_model_prefix = "vision_tower"
     main_input_name = "pixel_values"
@@ -180,14 +198,16 @@ class HfMmQwen2_5_ViTModel(SafetensorsOnlyMixin, PreTrainedModel):
         unit RMSNorm scales, and the RoPE frequencies (a non-persistent buffer, rebuilt after meta-device loads)."""
         std = self.config.initializer_range
         if isinstance(module, (nn.Linear, nn.Conv3d)):
-            module.weight.normal_(mean=0.0, std=std)
+            init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
-                module.bias.zero_()
+                init.zeros_(module.bias)
         elif isinstance(module, RMSNorm):
-            module.weight.fill_(1.0)
+            init.constant_(module.weight, 1.0)
         elif isinstance(module, HfMmQwen2_5_ViTModel):
             spatial = self.config.head_dim // 2
-            module.inv_freq.copy_(1.0 / self.config.rope_theta ** (torch.arange(0, spatial, 2).float() / spatial))
+            init.copy_(
+                module.inv_freq, 1.0 / self.config.rope_theta ** (torch.arange(0, spatial, 2).float() / spatial)
+            )
 
     def rotary(self, grid_thw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, head_dim) cos and sin: [rows | cols] frequencies, repeated for the two halves rotate_half pairs."""
@@ -197,9 +217,12 @@ class HfMmQwen2_5_ViTModel(SafetensorsOnlyMixin, PreTrainedModel):
         return angles.cos(), angles.sin()
 
     def forward(
-        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, output_hidden_states: bool = False, **kwargs
+        self, pixel_values, grid_thw, output_hidden_states: bool | None = None, output_attentions: bool | None = None
     ) -> HfMmQwen2_5_ViTOutput:
+        """(N_patches, C*2*14*14) packed pixels and (N_images, 3) grids -> (N_patches, D), in the input's order."""
         config = self.config
+        output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        output_attentions = config.output_attentions if output_attentions is None else output_attentions
         c, t, p = config.in_channels, config.temporal_patch_size, config.patch_size
         patches = pixel_values.view(-1, c, t, p, p).to(self.patch_embed.proj.weight.dtype)
         x = self.patch_embed.proj(patches).view(-1, config.hidden_size)  # (N, D)
@@ -207,15 +230,21 @@ class HfMmQwen2_5_ViTModel(SafetensorsOnlyMixin, PreTrainedModel):
         unit = config.spatial_merge_size**2
         units, windows, frames = window_order(grid_thw, config.spatial_merge_size, config.window_units)
         order = (units[:, None] * unit + torch.arange(unit, device=x.device)).flatten()  # patch order, window-major
+        restore = torch.argsort(order)  # window-major -> the input's block-major order
         cos, sin = (r[order] for r in self.rotary(grid_thw))
         x = x[order]
-        states = [x[torch.argsort(order)]] if output_hidden_states else []
+        states, attentions = [x[restore]], []
         for index, block in enumerate(self.blocks):
-            x = block(x, cos, sin, frames if index in config.fullatt_block_indexes else windows)
+            lengths = frames if index in config.fullatt_block_indexes else windows
+            x, weights = block(x, cos, sin, lengths, output_attentions)
             if output_hidden_states:
-                states.append(x[torch.argsort(order)])
+                states.append(x[restore])
+            if output_attentions:
+                attentions.append(weights[:, restore][:, :, restore][None])  # (1, heads, N, N)
         return HfMmQwen2_5_ViTOutput(
-            last_hidden_state=x[torch.argsort(order)], hidden_states=tuple(states) if output_hidden_states else None
+            last_hidden_state=x[restore],
+            hidden_states=tuple(states) if output_hidden_states else None,
+            attentions=tuple(attentions) if output_attentions else None,
         )
 
 

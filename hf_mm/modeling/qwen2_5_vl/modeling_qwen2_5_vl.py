@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.utils.generic import can_return_tuple
@@ -21,15 +22,28 @@ from transformers.utils.generic import can_return_tuple
 from ...processing.processing_qwen2_5_vl import prepare_qwen_tokenizer
 from ...processing.tokenization import stop_at_end_of_turn
 from ..heads import CausalLMHeadMixin
+from ..initialization import GuardedInitMixin
 from ..safetensors_only import SafetensorsOnlyMixin
 from ..towers import embedding_weight_name, load_causal_lm, split_causal_lm
 from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
 from .configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig, text_head_dim
-from .modeling_qwen2_5_vit import HfMmQwen2_5_ViTModel, PatchMerger
+from .modeling_qwen2_5_vit import HfMmQwen2_5_ViTModel, PatchMerger, RMSNorm
 from .mrope import IMAGE, TEXT, VIDEO, mrope_position_ids, packed_mrope_position_ids, wrap_rotary
 
 
-class HfMmQwen2_5_VLPreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
+def padding_mask_2d(attention_mask, length: int) -> torch.Tensor | None:
+    """The (B, L) padding mask M-RoPE counts positions with. generate() hands compiled caches (static) a ready 4D
+    mask instead, one per attention type, boolean or additive: at prefill, its last query row sees exactly the
+    prompt's non-padding keys."""
+    if isinstance(attention_mask, dict):
+        attention_mask = attention_mask.get("full_attention", next(iter(attention_mask.values())))
+    if attention_mask is None or attention_mask.ndim == 2:
+        return attention_mask
+    visible = attention_mask[:, 0, -1, :length]  # (B, L)
+    return visible if visible.dtype == torch.bool else visible == 0
+
+
+class HfMmQwen2_5_VLPreTrainedModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTrainedModel):
     config: HfMmQwen2_5_VLConfig
     base_model_prefix = "model"
     input_modalities = ("image", "video", "text")
@@ -41,15 +55,18 @@ class HfMmQwen2_5_VLPreTrainedModel(SafetensorsOnlyMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """The one place weights are initialised: the towers initialise themselves; the merger's linear layers get
-        N(0, the LM's initializer_range) and zero bias, its RMSNorm unit scale."""
+        """The one place weights are initialised. The towers are PreTrainedModels and initialise themselves (their
+        own `_init_weights`, through transformers' hook chain); what reaches this hook is ours: the merger's linear
+        layers N(0, the LM's initializer_range) with zero bias, its RMSNorm at unit scale, and the untied lm_head.
+        From a checkpoint, only the weights it lacks come here, module by module."""
         std = getattr(self.config.text_config, "initializer_range", 0.02)
-        if isinstance(module, PatchMerger):
-            module.ln_q.weight.fill_(1.0)
-            for layer in (module.mlp[0], module.mlp[2]):
-                layer.weight.normal_(mean=0.0, std=std)
-                layer.bias.zero_()
-        elif not isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, RMSNorm):
+            init.constant_(module.weight, 1.0)
+        else:
             super()._init_weights(module)
 
 
@@ -70,12 +87,14 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_input_embeddings(value)
 
-    def _vision_features(self, pixel_values, grid_thw, output_hidden_states, **kwargs) -> BaseModelOutputWithPooling:
+    def _vision_features(self, pixel_values, grid_thw, output_hidden_states, output_attentions):
         """(N_patches, C*2*14*14) packed pixels -> `pooler_output`: one (N_i / 4, D_text) merged tensor per image or
         video, in the input's order; the tower's `last_hidden_state` (N_patches, D_v) alongside."""
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        outputs = self.vision_tower(pixel_values, grid_thw, output_hidden_states=output_hidden_states, **kwargs)
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        outputs = self.vision_tower(pixel_values, grid_thw, output_hidden_states, output_attentions)
         merged = self.bridge(outputs.last_hidden_state)  # (N_patches / 4, D_text)
         sizes = (grid_thw.prod(-1) // self.config.vision_config.spatial_merge_size**2).tolist()
         return BaseModelOutputWithPooling(
@@ -86,12 +105,14 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
         )
 
     @can_return_tuple
-    def get_image_features(self, pixel_values, image_grid_thw, output_hidden_states=None, **kwargs):
-        return self._vision_features(pixel_values, image_grid_thw, output_hidden_states, **kwargs)
+    def get_image_features(self, pixel_values, image_grid_thw, output_hidden_states=None, output_attentions=None):
+        return self._vision_features(pixel_values, image_grid_thw, output_hidden_states, output_attentions)
 
     @can_return_tuple
-    def get_video_features(self, pixel_values_videos, video_grid_thw, output_hidden_states=None, **kwargs):
-        return self._vision_features(pixel_values_videos, video_grid_thw, output_hidden_states, **kwargs)
+    def get_video_features(
+        self, pixel_values_videos, video_grid_thw, output_hidden_states=None, output_attentions=None
+    ):
+        return self._vision_features(pixel_values_videos, video_grid_thw, output_hidden_states, output_attentions)
 
     def placeholder_masks(self, input_ids, inputs_embeds) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) image and video placeholder masks, from the ids or, without ids, by matching the embeddings."""
@@ -169,7 +190,13 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
         # Packed rows: 1D positions restarting per sample and no mask (transformers then masks per sample, too).
         packed = kwargs.get("position_ids") if attention_mask is None and past == 0 else None
         rotary.position_ids = self._position_ids(
-            masks, mm_token_type_ids, attention_mask, grids, inputs_embeds.shape[1], past, packed
+            masks,
+            mm_token_type_ids,
+            padding_mask_2d(attention_mask, inputs_embeds.shape[1]),
+            grids,
+            inputs_embeds.shape[1],
+            past,
+            packed,
         ).to(inputs_embeds.device)
         try:
             outputs = self.language_model(
@@ -281,8 +308,35 @@ class HfMmQwen2_5_VLForConditionalGeneration(CausalLMHeadMixin, HfMmQwen2_5_VLPr
             attentions=outputs.attentions,
         )
 
+    vision_inputs = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+
     def placeholder_token_ids(self) -> tuple[int, ...]:
         return (self.config.image_token_id, self.config.video_token_id)
+
+    def split_vision_inputs(self, input_ids: torch.Tensor, model_kwargs: dict) -> dict[str, list[torch.Tensor]]:
+        """{input name: one tensor per sample}: packed patches split by each grid, grids (and a video's seconds
+        per grid) by the placeholder runs each sample holds."""
+        merge = self.config.vision_config.spatial_merge_size**2
+        split = {}
+        for kind, token_id in (("image", self.config.image_token_id), ("video", self.config.video_token_id)):
+            grids = model_kwargs.get(f"{kind}_grid_thw")
+            if grids is None:
+                continue
+            pixels = model_kwargs["pixel_values" if kind == "image" else "pixel_values_videos"]
+            tokens, per_sample = (grids.prod(-1) // merge).tolist(), []
+            for count in (input_ids == token_id).sum(1).tolist():
+                n = 0
+                while count > 0 and len(tokens) > sum(per_sample) + n:
+                    count, n = count - tokens[sum(per_sample) + n], n + 1
+                per_sample.append(n)
+            if sum(per_sample) != len(tokens):
+                return {}  # inconsistent input: forward raises the placeholder mismatch with the numbers
+            patches = [int(x) for x in grids.prod(-1).split(per_sample) for x in [x.sum()]]
+            split["pixel_values" if kind == "image" else "pixel_values_videos"] = list(pixels.split(patches))
+            split[f"{kind}_grid_thw"] = list(grids.split(per_sample))
+            if kind == "video" and model_kwargs.get("second_per_grid_ts") is not None:
+                split["second_per_grid_ts"] = list(model_kwargs["second_per_grid_ts"].split(per_sample))
+        return split
 
     def get_image_features(self, pixel_values, image_grid_thw, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, image_grid_thw, **kwargs)
