@@ -89,10 +89,11 @@ class CausalLMHeadMixin:
             model_kwargs[key] = torch.cat([chunk for chunk in chunks for _ in range(expand_size)])
         return input_ids, model_kwargs
 
-    def prepare_inputs_for_generation(self, input_ids, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, **kwargs):
         """The generic preparation; when continuing from a cache whose prefix already holds every placeholder
-        (prefix fusion), the images it was given are already encoded there and are not run again."""
-        model_inputs = super().prepare_inputs_for_generation(input_ids, **kwargs)
+        (prefix fusion), the images it was given are already encoded there and are not run again.
+        (`inputs_embeds` is named: generate() reads the signature to allow generating from embeddings.)"""
+        model_inputs = super().prepare_inputs_for_generation(input_ids, inputs_embeds=inputs_embeds, **kwargs)
         current = model_inputs.get("input_ids")
         if self.images_live_in_cache and current is not None and current.shape[1] < input_ids.shape[1]:
             ids = torch.tensor(self.placeholder_token_ids(), device=current.device)

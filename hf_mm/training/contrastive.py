@@ -21,6 +21,7 @@ from .. import hub
 from ..data.captions import digit_pairs
 from ..modeling.clip import HfMmClipModel
 from ..processing import HfMmClipProcessor
+from .grad_cache import ContrastiveAccumulationMixin
 from .guards import TrainingGuardsMixin
 from .publish import finish, hub_callbacks, hub_plan
 from .setup import RoleOptimizerMixin, prepare_model, resolve_stage
@@ -42,9 +43,10 @@ class ContrastiveCollator:
         return {**batch, "return_loss": True}
 
 
-class HfMmContrastiveTrainer(TrainingGuardsMixin, RoleOptimizerMixin, Trainer):
+class HfMmContrastiveTrainer(ContrastiveAccumulationMixin, TrainingGuardsMixin, RoleOptimizerMixin, Trainer):
     """Trainer with the contrastive collator (or the `data_collator` given), the model's own loss and per-role
-    optimizer groups. Also trains BLIP-2's stage 1, whose model computes its ITC/ITM/ITG loss itself."""
+    optimizer groups. Also trains BLIP-2's stage 1, whose model computes its ITC/ITM/ITG loss itself. Gradient
+    accumulation equals the global batch for dual encoders (`grad_cache.py`)."""
 
     def __init__(self, model, args: TrainingArguments, processing_class, train_dataset, eval_dataset=None,
                  stage: str | dict[str, RoleSettings] = "full", max_length: int | None = 64, **kwargs):  # fmt: skip

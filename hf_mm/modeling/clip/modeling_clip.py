@@ -134,6 +134,12 @@ class HfMmClipModel(HfMmClipPreTrainedModel):
         embeds = self.text_projection(pool(outputs, self.config.resolved_text_pooling, attention_mask))
         return _with_pooler_output(outputs, embeds)
 
+    def contrastive_loss(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
+        """The config's loss (InfoNCE or sigmoid) of L2-normalised (B, D) embeddings, matching pairs on the diagonal."""
+        if self.config.loss_type == "infonce":
+            return infonce_loss(image_embeds, text_embeds, self.scale())
+        return sigmoid_loss(image_embeds, text_embeds, self.scale(), self.logit_bias)
+
     def scale(self) -> torch.Tensor:
         """The logit multiplier exp(logit_scale), clamped at `max_logit_scale`."""
         return self.logit_scale.exp().clamp(max=self.config.max_logit_scale)
@@ -155,12 +161,7 @@ class HfMmClipModel(HfMmClipPreTrainedModel):
         logits_per_text = self.scale() * text_embeds @ image_embeds.t()  # (B_t, B_i)
         if self.logit_bias is not None:
             logits_per_text = logits_per_text + self.logit_bias
-        loss = None
-        if return_loss:
-            if self.config.loss_type == "infonce":
-                loss = infonce_loss(image_embeds, text_embeds, self.scale())
-            else:
-                loss = sigmoid_loss(image_embeds, text_embeds, self.scale(), self.logit_bias)
+        loss = self.contrastive_loss(image_embeds, text_embeds) if return_loss else None
         return HfMmClipOutput(
             loss=loss,
             logits_per_image=logits_per_text.t(),

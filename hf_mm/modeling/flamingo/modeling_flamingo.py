@@ -348,10 +348,10 @@ class HfMmFlamingoForConditionalGeneration(HfMmFlamingoPreTrainedModel, HfMmLlav
         )
         return self._head_forward(outputs, input_ids, labels, logits_to_keep, **kwargs)
 
-    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, next_sequence_length=None, **kwargs):
         """The generic preparation, plus `media_offsets`: the `<image>` tokens already behind the cache."""
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, next_sequence_length=next_sequence_length, **kwargs
+            input_ids, inputs_embeds=inputs_embeds, next_sequence_length=next_sequence_length, **kwargs
         )
         current = model_inputs.get("input_ids")
         if current is not None:

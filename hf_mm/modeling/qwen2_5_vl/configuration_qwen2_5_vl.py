@@ -31,7 +31,23 @@ class HfMmQwen2_5_VLConfig(PreTrainedConfig):
     sub_configs_defaults = {
         # The concrete class, not AutoConfig: a remote-code export (no hf_mm, so no registered model_type) rebuilds it.
         "vision_config": SubConfigSpec(config_class=HfMmQwen2_5_ViTConfig),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+        # Qwen2.5-VL-7B's LM (head_dim 128, so the default mrope_section sums to 64); a bare Qwen2Config() is
+        # 4096 wide and would not fit the ViT's 3584-wide merger.
+        "text_config": SubConfigSpec(
+            config_class=AutoConfig,
+            model_type="qwen2",
+            init_kwargs={
+                "vocab_size": 152064,
+                "hidden_size": 3584,
+                "intermediate_size": 18944,
+                "num_hidden_layers": 28,
+                "num_attention_heads": 28,
+                "num_key_value_heads": 4,
+                "max_position_embeddings": 128000,
+                "rms_norm_eps": 1e-6,
+                "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+            },
+        ),
     }
 
     vision_config: dict | PreTrainedConfig | None = None
