@@ -8,6 +8,7 @@ from .convert import (
     from_transformers_qwen2_5_vl,
     from_transformers_siglip,
 )
+from .families import FAMILIES, Family, get_family, register_family
 from .modeling import BRIDGES
 from .modeling.blip2 import (
     HfMmBlip2Config,
@@ -18,12 +19,37 @@ from .modeling.blip2 import (
 from .modeling.clip import HfMmClipConfig, HfMmClipModel
 from .modeling.flamingo import HfMmFlamingoConfig, HfMmFlamingoForConditionalGeneration, HfMmFlamingoModel
 from .modeling.llava import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration, HfMmLlavaModel
-from .processing import HfMmBlip2Processor, HfMmClipProcessor, HfMmFlamingoProcessor, HfMmLlavaProcessor
+from .modeling.qwen2_5_vl import (
+    HfMmQwen2_5_ViTConfig,
+    HfMmQwen2_5_ViTModel,
+    HfMmQwen2_5_VLConfig,
+    HfMmQwen2_5_VLForConditionalGeneration,
+    HfMmQwen2_5_VLModel,
+)
+from .processing import (
+    HfMmBlip2Processor,
+    HfMmClipProcessor,
+    HfMmFlamingoProcessor,
+    HfMmLlavaProcessor,
+    HfMmQwen2_5_VLImageProcessor,
+    HfMmQwen2_5_VLProcessor,
+)
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "BRIDGES",
+    "FAMILIES",
+    "Family",
+    "get_family",
+    "register_family",
+    "HfMmQwen2_5_ViTConfig",
+    "HfMmQwen2_5_ViTModel",
+    "HfMmQwen2_5_VLConfig",
+    "HfMmQwen2_5_VLModel",
+    "HfMmQwen2_5_VLForConditionalGeneration",
+    "HfMmQwen2_5_VLImageProcessor",
+    "HfMmQwen2_5_VLProcessor",
     "HfMmBlip2Config",
     "HfMmBlip2Model",
     "HfMmBlip2ForConditionalGeneration",

@@ -29,7 +29,8 @@ import jinja2
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, try_to_load_from_cache
 from safetensors import safe_open
 
-from .training.roles import ROLE_MODULES
+from .families import family_of
+from .roles import ROLE_MODULES
 
 logger = logging.getLogger(__name__)
 
@@ -40,48 +41,10 @@ UPLOADED = ("*.safetensors", "*.safetensors.index.json", "*.json", "*.jinja", "*
 PICKLES = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
 SKIPPED_DIRS = ("checkpoint-*", "runs", ".*", "__pycache__")
 ROLE_NAMES = {"vision": "vision tower", "bridge": "bridge", "llm": "language model", "text": "text tower"}
-PIPELINE_TAGS = {"hf_mm_clip": "zero-shot-image-classification"}
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
 # ---------------------------------------------------------------- the training record
-
-
-def training_record(
-    trainer, recipe: str, stage_name: str, stage: dict, base_models: dict, datasets: list[str], scores=None
-) -> dict:
-    """What the card needs from a finished run: `stage` maps role -> RoleSettings; `scores` is a list of
-    `{"task", "dataset", "split", "metric", "value", "samples"}` from hf_mm's scorers (or None)."""
-    args, model = trainer.args, trainer.model
-    peft = getattr(model, "peft_config", {}).get("default")
-    lora = None
-    if peft is not None:
-        targets = peft.target_modules
-        lora = {
-            "r": peft.r, "alpha": peft.lora_alpha, "dropout": peft.lora_dropout,
-            "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
-            "modules_to_save": sorted(peft.modules_to_save or []),
-        }  # fmt: skip
-    quant = getattr(getattr(model, "config", None), "quantization_config", None)
-    quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
-    losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
-    return {
-        "recipe": recipe,
-        "stage_name": stage_name,
-        "stage": {role: vars(settings).copy() for role, settings in stage.items()},
-        "base_models": {role: name for role, name in base_models.items() if name},
-        "lora": lora,
-        "quantization": {k: quant[k] for k in ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type") if k in quant}
-        if quant
-        else None,
-        "global_step": trainer.state.global_step,
-        "learning_rate": args.learning_rate,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
-        "world_size": args.world_size,
-        "train_loss": round(losses[-1], 4) if losses else None,
-        "datasets": datasets,
-        "eval": scores or [],
-    }
 
 
 def write_training_record(output_dir: str | os.PathLike, record: dict) -> None:
@@ -232,7 +195,7 @@ def model_card(model_dir: str | os.PathLike, repo_id: str | None = None, base_re
     """The card for a saved hf_mm model or adapter folder, rendered from `model_cards/<model_type>.md`. `base_repo`
     names where an adapter's base is published (else its `adapter_config.json` says)."""
     context = card_context(model_dir, repo_id, base_repo)
-    template = TEMPLATES / f"{context['family']}.md"
+    template = TEMPLATES / family_of(context["family"]).card_template
     if not template.is_file():
         raise ValueError(f"No model card template for model_type={context['family']!r} in {TEMPLATES}.")
     licence, licence_text = _licence_fields(context["licences"])
@@ -240,7 +203,7 @@ def model_card(model_dir: str | os.PathLike, repo_id: str | None = None, base_re
     data = ModelCardData(
         license=licence,
         library_name="peft" if context["adapter"] else "transformers",
-        pipeline_tag=PIPELINE_TAGS.get(context["family"], "image-text-to-text"),
+        pipeline_tag=family_of(context["family"]).pipeline_tag,
         tags=["hf_mm", context["family"], "vision-language"] + (["lora"] if context["adapter"] else []),
         base_model=hub_bases or None,
         model_name=context["repo_id"],

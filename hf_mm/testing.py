@@ -198,8 +198,9 @@ def tiny_flamingo_config(vision: str = "clip", text: str = "llama", **kwargs) ->
     return HfMmFlamingoConfig(**{**settings, **kwargs})
 
 
-def tiny_flamingo_processor(vision: str = "clip") -> HfMmFlamingoProcessor:
-    """The processor matching `tiny_flamingo_config`: the tower's image processor and the prepared tiny tokenizer."""
+def tiny_flamingo_processor(config: HfMmFlamingoConfig | None = None, vision: str = "clip") -> HfMmFlamingoProcessor:
+    """The processor matching `tiny_flamingo_config`: the tower's image processor and the prepared tiny tokenizer
+    (`config` is accepted for symmetry with the other families; Flamingo's processor needs nothing from it)."""
     return HfMmFlamingoProcessor(tiny_image_processor(vision), prepare_flamingo_tokenizer(tiny_tokenizer()))
 
 
@@ -221,7 +222,7 @@ def tiny_qwen2_5_vl_config(text: str = "qwen2", **kwargs) -> HfMmQwen2_5_VLConfi
     return HfMmQwen2_5_VLConfig(**{**settings, **ids, **kwargs})
 
 
-def tiny_qwen2_5_vl_processor() -> HfMmQwen2_5_VLProcessor:
+def tiny_qwen2_5_vl_processor(config: HfMmQwen2_5_VLConfig | None = None) -> HfMmQwen2_5_VLProcessor:
     """The processor matching `tiny_qwen2_5_vl_config`: Qwen's image processor and the prepared tiny tokenizer."""
     tokenizer = prepare_qwen_tokenizer(tiny_tokenizer())
     return HfMmQwen2_5_VLProcessor(image_processor=HfMmQwen2_5_VLImageProcessor(), tokenizer=tokenizer)
@@ -266,6 +267,14 @@ def save_tiny_vision_tower(path: str | os.PathLike, kind: str = "clip") -> str:
     """Save a randomly initialised tiny vision encoder and its image processor to `path`; returns `path`."""
     AutoModel.from_config(tiny_vision_config(kind)).save_pretrained(path)
     tiny_image_processor(kind).save_pretrained(path)
+    return str(path)
+
+
+def save_tiny_qwen2_5_vit(path: str | os.PathLike) -> str:
+    """Save a randomly initialised tiny native-resolution ViT and its image processor (small images: at most 56x56
+    pixels, 4 merged tokens each) to `path`; returns `path`."""
+    AutoModel.from_config(tiny_qwen2_5_vit_config()).save_pretrained(path)
+    HfMmQwen2_5_VLImageProcessor(size={"shortest_edge": 3136, "longest_edge": 3136}).save_pretrained(path)
     return str(path)
 
 

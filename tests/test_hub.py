@@ -32,7 +32,7 @@ from hf_mm import testing as T
 from hf_mm.cli import main
 from hf_mm.data import synthetic
 from hf_mm.eval import evaluate, predict
-from hf_mm.training.roles import role_parameters
+from hf_mm.roles import role_parameters
 from tests.hub_server import HubServer, point_client_at
 from tests.training.test_cli import CPU
 

@@ -15,7 +15,8 @@ from ..modeling.qwen2_5_vl import HfMmQwen2_5_ViTConfig
 from ..modeling.qwen2_5_vl.configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig
 from ..modeling.qwen2_5_vl.modeling_qwen2_5_vl import HfMmQwen2_5_VLForConditionalGeneration
 from ..processing.image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
-from ..processing.processing_qwen2_5_vl import HfMmQwen2_5_VLProcessor, prepare_qwen_tokenizer
+from ..processing.processing_qwen2_5_vl import HfMmQwen2_5_VLProcessor
+from ..tokens import prepare_qwen_tokenizer
 
 _RENAMES = (("model.visual.merger.", "model.bridge."), ("model.visual.", "model.vision_tower."))
 _VISION_FIELDS = (

@@ -16,8 +16,8 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from ..modeling.blip2.configuration_blip2 import HfMmBlip2Config
 from ..modeling.towers import load_vision_config
+from ..tokens import IMAGE_TOKEN, prepare_tokenizer
 from .processing_llava import HfMmLlavaProcessor
-from .tokenization import IMAGE_TOKEN, prepare_tokenizer
 
 
 class HfMmBlip2Processor(HfMmLlavaProcessor):
@@ -49,8 +49,8 @@ class HfMmBlip2Processor(HfMmLlavaProcessor):
     @classmethod
     def from_vision_text_pretrained(
         cls,
-        vision_name_or_path: str,
-        text_name_or_path: str,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
         qformer_tokenizer=None,
         chat_template: str | None = None,
         **config_kwargs,
@@ -58,38 +58,42 @@ class HfMmBlip2Processor(HfMmLlavaProcessor):
         """The processor matching `HfMmBlip2ForConditionalGeneration.from_vision_text_pretrained` with the same
         arguments. `qformer_tokenizer`: a tokenizer or its name/path (default: a copy of the LM's, unprepared)."""
         config = HfMmBlip2Config(
-            vision_config=load_vision_config(vision_name_or_path),
-            text_config=AutoConfig.from_pretrained(text_name_or_path),
+            vision_config=load_vision_config(vision_model_name_or_path),
+            text_config=AutoConfig.from_pretrained(text_model_name_or_path),
             **config_kwargs,
         )
         if qformer_tokenizer is None or isinstance(qformer_tokenizer, str):
-            qformer_tokenizer = AutoTokenizer.from_pretrained(qformer_tokenizer or text_name_or_path)
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
-        image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path)
+            qformer_tokenizer = AutoTokenizer.from_pretrained(qformer_tokenizer or text_model_name_or_path)
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_model_name_or_path))
+        image_processor = AutoImageProcessor.from_pretrained(vision_model_name_or_path)
         return cls.from_blip2_config(config, image_processor, tokenizer, qformer_tokenizer, chat_template)
 
     @classmethod
     def from_vision_pretrained(
-        cls, vision_name_or_path: str, qformer_tokenizer, **config_kwargs
+        cls, vision_model_name_or_path: str, qformer_tokenizer, **config_kwargs
     ) -> HfMmBlip2Processor:
         """The stage-1 processor matching `HfMmBlip2ForImageTextRetrieval.from_vision_pretrained`: the tower's image
         processor and the Q-Former's tokenizer. Stage 1 has no LM, so a prepared copy of the Q-Former tokenizer
         stands in for the LM's until `from_stage1` brings the real one."""
         if isinstance(qformer_tokenizer, str):
             qformer_tokenizer = AutoTokenizer.from_pretrained(qformer_tokenizer)
-        config = HfMmBlip2Config(vision_config=load_vision_config(vision_name_or_path), **config_kwargs)
+        config = HfMmBlip2Config(vision_config=load_vision_config(vision_model_name_or_path), **config_kwargs)
         tokenizer = prepare_tokenizer(copy.deepcopy(qformer_tokenizer))
-        image_processor = AutoImageProcessor.from_pretrained(vision_name_or_path)
+        image_processor = AutoImageProcessor.from_pretrained(vision_model_name_or_path)
         return cls.from_blip2_config(config, image_processor, tokenizer, qformer_tokenizer)
 
     @classmethod
     def from_stage1(
-        cls, stage1_name_or_path: str, text_name_or_path: str, instruction_aware: bool = False, chat_template=None
+        cls,
+        stage1_name_or_path: str,
+        text_model_name_or_path: str,
+        instruction_aware: bool = False,
+        chat_template=None,
     ) -> HfMmBlip2Processor:
         """The stage-2 processor matching `HfMmBlip2ForConditionalGeneration.from_stage1` with the same arguments:
         the stage-1 image processor and Q-Former tokenizer, with the LM's tokenizer (given `<image>`)."""
         stage1 = cls.from_pretrained(stage1_name_or_path)
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_model_name_or_path))
         return cls(
             image_processor=stage1.image_processor,
             tokenizer=tokenizer,

@@ -24,11 +24,13 @@ class HfMmClipProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
 
     @classmethod
-    def from_vision_text_pretrained(cls, vision_name_or_path: str, text_name_or_path: str) -> HfMmClipProcessor:
+    def from_vision_text_pretrained(
+        cls, vision_model_name_or_path: str, text_model_name_or_path: str
+    ) -> HfMmClipProcessor:
         """The processor matching `HfMmClipModel.from_vision_text_pretrained` on the same two checkpoints."""
         return cls(
-            image_processor=AutoImageProcessor.from_pretrained(vision_name_or_path),
-            tokenizer=AutoTokenizer.from_pretrained(text_name_or_path),
+            image_processor=AutoImageProcessor.from_pretrained(vision_model_name_or_path),
+            tokenizer=AutoTokenizer.from_pretrained(text_model_name_or_path),
         )
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from transformers import AutoImageProcessor, AutoTokenizer
 
+from ..tokens import END_OF_CHUNK, IMAGE_TOKEN, prepare_flamingo_tokenizer
 from .processing_llava import HfMmLlavaProcessor
-from .tokenization import END_OF_CHUNK, IMAGE_TOKEN, prepare_flamingo_tokenizer
 
 
 class HfMmFlamingoProcessor(HfMmLlavaProcessor):
@@ -43,11 +43,11 @@ class HfMmFlamingoProcessor(HfMmLlavaProcessor):
 
     @classmethod
     def from_vision_text_pretrained(
-        cls, vision_name_or_path: str, text_name_or_path: str, chat_template: str | None = None
+        cls, vision_model_name_or_path: str, text_model_name_or_path: str, chat_template: str | None = None
     ) -> HfMmFlamingoProcessor:
         """The processor matching `HfMmFlamingoForConditionalGeneration.from_vision_text_pretrained`."""
-        tokenizer = prepare_flamingo_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
-        return cls(AutoImageProcessor.from_pretrained(vision_name_or_path), tokenizer, chat_template)
+        tokenizer = prepare_flamingo_tokenizer(AutoTokenizer.from_pretrained(text_model_name_or_path))
+        return cls(AutoImageProcessor.from_pretrained(vision_model_name_or_path), tokenizer, chat_template)
 
     def __call__(self, images=None, text=None, interleaved=None, **kwargs):
         if interleaved is not None:

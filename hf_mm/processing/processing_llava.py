@@ -21,8 +21,8 @@ from transformers.image_utils import get_image_size, to_numpy_array
 
 from ..modeling.llava.configuration_llava import HfMmLlavaConfig
 from ..modeling.towers import load_vision_config
+from ..tokens import IMAGE_TOKEN, default_chat_template, prepare_tokenizer
 from .inputs import prepare_images
-from .tokenization import IMAGE_TOKEN, default_chat_template, prepare_tokenizer
 
 
 class HfMmLlavaProcessor(ProcessorMixin):
@@ -63,17 +63,21 @@ class HfMmLlavaProcessor(ProcessorMixin):
 
     @classmethod
     def from_vision_text_pretrained(
-        cls, vision_name_or_path: str, text_name_or_path: str, chat_template: str | None = None, **config_kwargs
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        chat_template: str | None = None,
+        **config_kwargs,
     ) -> HfMmLlavaProcessor:
         """The processor matching `HfMmLlavaForConditionalGeneration.from_vision_text_pretrained` with the same
         arguments: the tower's image processor, the LM's tokenizer with `<image>` added, and placeholder counts read
         from the composed config (`bridge_type`, `pixel_shuffle_factor`, `vision_feature_select_strategy`)."""
-        vision_config = load_vision_config(vision_name_or_path)
-        text_config = AutoConfig.from_pretrained(text_name_or_path)
+        vision_config = load_vision_config(vision_model_name_or_path)
+        text_config = AutoConfig.from_pretrained(text_model_name_or_path)
         config = HfMmLlavaConfig(vision_config=vision_config, text_config=text_config, **config_kwargs)
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(text_model_name_or_path))
         return cls.from_llava_config(
-            config, AutoImageProcessor.from_pretrained(vision_name_or_path), tokenizer, chat_template
+            config, AutoImageProcessor.from_pretrained(vision_model_name_or_path), tokenizer, chat_template
         )
 
     @classmethod

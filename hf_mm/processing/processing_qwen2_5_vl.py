@@ -13,24 +13,11 @@ from __future__ import annotations
 import numpy as np
 from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
 
+from ..tokens import QWEN_VISION_TOKENS, prepare_qwen_tokenizer
 from .image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
 from .inputs import prepare_images
-from .tokenization import CHATML_TOKENS, resources_template
 
-VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-
-
-def prepare_qwen_tokenizer(tokenizer):
-    """Add the vision tokens (and ChatML's, with hf_mm's Qwen2.5-VL template, when the tokenizer has no template)."""
-    new = [t for t in VISION_TOKENS if t not in tokenizer.get_vocab()]
-    if tokenizer.chat_template is None:
-        tokenizer.chat_template = resources_template("qwen2_5_vl.jinja")
-        new += [t for t in CHATML_TOKENS if t not in tokenizer.get_vocab()]
-    if new:
-        tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+VISION_TOKENS = QWEN_VISION_TOKENS
 
 
 class HfMmQwen2_5_VLProcessor(ProcessorMixin):
@@ -46,17 +33,18 @@ class HfMmQwen2_5_VLProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, chat_template=chat_template or tokenizer.chat_template, **kwargs)
 
     @classmethod
-    def from_vision_text_pretrained(cls, vision_name_or_path: str | None, text_name_or_path: str):
+    def from_vision_text_pretrained(cls, vision_model_name_or_path: str | None, text_model_name_or_path: str):
         """The processor matching `HfMmQwen2_5_VLForConditionalGeneration.from_vision_text_pretrained`: the tower
         folder's image processor (or the default one) and the LM's tokenizer with the vision tokens added."""
         images = HfMmQwen2_5_VLImageProcessor()
-        if vision_name_or_path is not None:
+        if vision_model_name_or_path is not None:
             try:
-                images = AutoImageProcessor.from_pretrained(vision_name_or_path)
+                images = AutoImageProcessor.from_pretrained(vision_model_name_or_path)
             except OSError:  # a tower saved without its image processor uses the default one
                 pass
         return cls(
-            image_processor=images, tokenizer=prepare_qwen_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
+            image_processor=images,
+            tokenizer=prepare_qwen_tokenizer(AutoTokenizer.from_pretrained(text_model_name_or_path)),
         )
 
     def _expand(self, text: list[str], token: str, counts: list[int]) -> list[str]:

@@ -17,13 +17,12 @@ from datasets import Dataset, load_dataset, load_from_disk
 from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments
 from trl import ModelConfig, TrlParser
 
-from .. import hub
 from ..data.captions import digit_pairs
 from ..modeling.clip import HfMmClipModel
 from ..processing import HfMmClipProcessor
 from .grad_cache import ContrastiveAccumulationMixin
 from .guards import TrainingGuardsMixin
-from .publish import finish, hub_callbacks, hub_plan
+from .publish import finish, hub_callbacks, hub_plan, training_record
 from .setup import RoleOptimizerMixin, prepare_model, resolve_stage
 from .stages import RoleSettings, get_stage
 
@@ -143,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     if model_args.model_name_or_path:
         bases = {"model": model_args.model_name_or_path}
     data = "hf_mm-digit-captions" if args.dataset_format == "digits" else Path(args.dataset_name or "").name
-    record = hub.training_record(trainer, "contrastive", args.stage, stage, bases, [data])
+    record = training_record(trainer, "contrastive", args.stage, stage, bases, [data])
     finish(trainer, processor, record, plan)
     print(
         f"[rank {training_args.process_index}/{training_args.world_size}] finished {trainer.state.global_step} steps"

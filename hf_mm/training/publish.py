@@ -18,6 +18,43 @@ from ..eval import evaluate, predict
 from ..eval.scorers import BOX_TASKS
 
 
+def training_record(
+    trainer, recipe: str, stage_name: str, stage: dict, base_models: dict, datasets: list[str], scores=None
+) -> dict:
+    """What the card needs from a finished run: `stage` maps role -> RoleSettings; `scores` is a list of
+    `{"task", "dataset", "split", "metric", "value", "samples"}` from hf_mm's scorers (or None)."""
+    args, model = trainer.args, trainer.model
+    peft = getattr(model, "peft_config", {}).get("default")
+    lora = None
+    if peft is not None:
+        targets = peft.target_modules
+        lora = {
+            "r": peft.r, "alpha": peft.lora_alpha, "dropout": peft.lora_dropout,
+            "target_modules": sorted(targets) if isinstance(targets, (set, list, tuple)) else targets,
+            "modules_to_save": sorted(peft.modules_to_save or []),
+        }  # fmt: skip
+    quant = getattr(getattr(model, "config", None), "quantization_config", None)
+    quant = quant.to_dict() if hasattr(quant, "to_dict") else quant
+    losses = [entry["train_loss"] for entry in trainer.state.log_history if "train_loss" in entry]
+    return {
+        "recipe": recipe,
+        "stage_name": stage_name,
+        "stage": {role: vars(settings).copy() for role, settings in stage.items()},
+        "base_models": {role: name for role, name in base_models.items() if name},
+        "lora": lora,
+        "quantization": {k: quant[k] for k in ("load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type") if k in quant}
+        if quant
+        else None,
+        "global_step": trainer.state.global_step,
+        "learning_rate": args.learning_rate,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "world_size": args.world_size,
+        "train_loss": round(losses[-1], 4) if losses else None,
+        "datasets": datasets,
+        "eval": scores or [],
+    }
+
+
 @dataclasses.dataclass
 class HubPlan:
     repo_id: str

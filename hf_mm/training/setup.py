@@ -19,11 +19,10 @@ from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationMixin
 from trl import ModelConfig, get_quantization_config
 
+from ..families import FAMILIES, get_family
 from ..modeling.blip2 import HfMmBlip2ForConditionalGeneration
-from ..modeling.flamingo import HfMmFlamingoForConditionalGeneration
-from ..modeling.llava import HfMmLlavaForConditionalGeneration
-from ..processing import HfMmBlip2Processor, HfMmFlamingoProcessor, HfMmLlavaProcessor
-from .roles import ROLES
+from ..processing import HfMmBlip2Processor
+from ..roles import ROLES
 from .stages import RoleSettings, apply_stage, get_stage, lora_target_modules, modules_to_save, param_groups
 
 
@@ -37,14 +36,16 @@ class HfMmArguments:
     text_model_name_or_path: str | None = dataclasses.field(
         default=None, metadata={"help": "Causal LM to compose with the vision tower."}
     )
-    bridge_type: str = dataclasses.field(
-        default="mlp2x_gelu",
-        metadata={"help": "Bridge for a new composition; `qformer` composes BLIP-2, `gated_cross_attn` Flamingo."},
+    family: str = dataclasses.field(
+        default="llava", metadata={"help": f"Family of a new composition: one of {sorted(FAMILIES)}."}
     )
-    num_query_tokens: int = dataclasses.field(default=32, metadata={"help": "Q-Former queries (bridge_type=qformer)."})
-    num_latents: int = dataclasses.field(default=64, metadata={"help": "Resampler latents (gated_cross_attn)."})
+    bridge_type: str = dataclasses.field(
+        default="mlp2x_gelu", metadata={"help": "family=llava: the prefix bridge (hf_mm.BRIDGES)."}
+    )
+    num_query_tokens: int = dataclasses.field(default=32, metadata={"help": "family=blip2: Q-Former queries."})
+    num_latents: int = dataclasses.field(default=64, metadata={"help": "family=flamingo: resampler latents."})
     cross_attn_every_n_layers: int = dataclasses.field(
-        default=4, metadata={"help": "Flamingo: a gated block before every n-th LM layer (gated_cross_attn)."}
+        default=4, metadata={"help": "family=flamingo: a gated block before every n-th LM layer."}
     )
     stage1_name_or_path: str | None = dataclasses.field(
         default=None,
@@ -70,32 +71,8 @@ def load_model_and_processor(hf_args: HfMmArguments, model_args: ModelConfig):
     if hf_args.stage1_name_or_path:
         return _compose_blip2_stage2(hf_args, dtype, model_args.attn_implementation, quantization_config)
     if composing:
-        if not (hf_args.vision_model_name_or_path and hf_args.text_model_name_or_path):
-            raise ValueError("Composing needs both vision_model_name_or_path and text_model_name_or_path.")
-        towers = (hf_args.vision_model_name_or_path, hf_args.text_model_name_or_path)
-        if hf_args.bridge_type == "qformer":
-            kwargs = {"num_query_tokens": hf_args.num_query_tokens}
-            model = HfMmBlip2ForConditionalGeneration.from_vision_text_pretrained(
-                *towers, dtype=dtype, attn_implementation=model_args.attn_implementation,
-                quantization_config=quantization_config, **kwargs,
-            )  # fmt: skip
-            return model, HfMmBlip2Processor.from_vision_text_pretrained(*towers, **kwargs)
-        if hf_args.bridge_type == "gated_cross_attn":
-            model = HfMmFlamingoForConditionalGeneration.from_vision_text_pretrained(
-                *towers, dtype=dtype, attn_implementation=model_args.attn_implementation,
-                quantization_config=quantization_config, num_latents=hf_args.num_latents,
-                cross_attn_every_n_layers=hf_args.cross_attn_every_n_layers,
-            )  # fmt: skip
-            return model, HfMmFlamingoProcessor.from_vision_text_pretrained(*towers)
-        model = HfMmLlavaForConditionalGeneration.from_vision_text_pretrained(
-            *towers,
-            bridge_type=hf_args.bridge_type,
-            dtype=dtype,
-            attn_implementation=model_args.attn_implementation,
-            quantization_config=quantization_config,
-        )
-        processor = HfMmLlavaProcessor.from_vision_text_pretrained(*towers, bridge_type=hf_args.bridge_type)
-        return model, processor
+        loading = {"dtype": dtype, "attn_implementation": model_args.attn_implementation}
+        return compose(hf_args, quantization_config=quantization_config, **loading)
     if not model_args.model_name_or_path:
         raise ValueError("Give model_name_or_path (a saved hf_mm model), or vision_ and text_model_name_or_path.")
     kwargs = {"dtype": dtype, "attn_implementation": model_args.attn_implementation}
@@ -103,6 +80,46 @@ def load_model_and_processor(hf_args: HfMmArguments, model_args: ModelConfig):
         kwargs["quantization_config"] = quantization_config
     model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
     return model, AutoProcessor.from_pretrained(model_args.model_name_or_path)
+
+
+def compose(hf_args: HfMmArguments, **loading):
+    """(model, processor) of `hf_args.family` between the two towers: the family's settings (its
+    `compose_settings`) go to both the model's and the processor's `from_vision_text_pretrained`; a setting of
+    another family that was changed from its default is refused rather than ignored."""
+    family = get_family(hf_args.family)
+    if family.generation_class is None:
+        raise ValueError(f"family={family.name!r} is a dual encoder: train it with `hf-mm contrastive`.")
+    towers = (hf_args.vision_model_name_or_path, hf_args.text_model_name_or_path)
+    if family.name != "qwen2_5_vl" and not all(towers):  # Qwen2.5-VL may start a fresh ViT (vision None)
+        raise ValueError("Composing needs both vision_model_name_or_path and text_model_name_or_path.")
+    _check_settings(hf_args, family)
+    settings = {name: getattr(hf_args, name) for name in family.compose_settings}
+    model = family.generation_class.from_vision_text_pretrained(*towers, **loading, **settings)
+    processor_settings = settings if family.name in ("llava", "blip2") else {}
+    return model, family.processor_class.from_vision_text_pretrained(*towers, **processor_settings)
+
+
+def _check_settings(hf_args: HfMmArguments, family) -> None:
+    """Refuse a composition setting that belongs to another family (it would be silently ignored)."""
+    if hf_args.bridge_type in ("qformer", "gated_cross_attn"):
+        name = "blip2" if hf_args.bridge_type == "qformer" else "flamingo"
+        raise ValueError(
+            f"bridge_type={hf_args.bridge_type!r} names a family, not a prefix bridge: set family: {name} instead "
+            "(bridge_type picks the prefix bridge of family llava)."
+        )
+    defaults = {field.name: field.default for field in dataclasses.fields(HfMmArguments)}
+    foreign = {
+        name
+        for other in FAMILIES.values()
+        if other is not family
+        for name in other.compose_settings
+        if name not in family.compose_settings and getattr(hf_args, name) != defaults[name]
+    }
+    if foreign:
+        raise ValueError(
+            f"{sorted(foreign)} are settings of another family; family={family.name!r} takes "
+            f"{list(family.compose_settings) or 'none'}. Set family to the one you mean."
+        )
 
 
 def _compose_blip2_stage2(hf_args: HfMmArguments, dtype, attn_implementation, quantization_config):

@@ -11,12 +11,11 @@ and counted, never truncated through an image), padding-free packing for VLMs (`
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
-from .. import hub
 from .collators import DroppedSamplesCallback, VisionSFTCollator
 from .data_args import DataArguments, dataset_names, load_train_eval
 from .guards import TrainingGuardsMixin
 from .packing import VisionPackingCollator
-from .publish import finish, hub_callbacks, hub_plan, score_split
+from .publish import finish, hub_callbacks, hub_plan, score_split, training_record
 from .setup import (
     HfMmArguments,
     RoleOptimizerMixin,
@@ -110,7 +109,7 @@ def run_record(trainer, recipe, hf_args, model_args, data_args, stage, scores=No
     if model_args.model_name_or_path:
         bases = {"model": model_args.model_name_or_path}
     names = dataset_names(data_args)
-    return hub.training_record(trainer, recipe, hf_args.stage, stage, bases, names, scores)
+    return training_record(trainer, recipe, hf_args.stage, stage, bases, names, scores)
 
 
 def save_and_report(trainer, processor, training_args, adapter: bool, record: dict, plan=None) -> None:

@@ -16,7 +16,7 @@ import types
 
 from torch import nn
 
-from .roles import ROLES, parameters_of, role_modules, role_parameters, role_paths, unwrap
+from ..roles import ROLES, parameters_of, role_modules, role_parameters, role_paths, unwrap
 
 
 @dataclasses.dataclass(frozen=True)

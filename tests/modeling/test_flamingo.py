@@ -50,7 +50,7 @@ class TestFlamingoFamily(VLMModelTestMixin):
 
     def get_config_and_inputs(self, case):
         vision, text = case
-        processor = T.tiny_flamingo_processor(vision)
+        processor = T.tiny_flamingo_processor(vision=vision)
         return T.tiny_flamingo_config(vision, text), processor, interleaved_batch(processor)
 
     def _build(self, case):
@@ -107,7 +107,7 @@ def test_each_token_sees_exactly_the_latest_image_before_it():
 def test_three_images_and_generation_with_and_without_cache():
     torch.manual_seed(0)
     model = open_gates(HfMmFlamingoForConditionalGeneration(T.tiny_flamingo_config("siglip", "qwen2")).eval())
-    processor = T.tiny_flamingo_processor("siglip")
+    processor = T.tiny_flamingo_processor(vision="siglip")
     images = T.random_images(4, seed=5)
     processor.tokenizer.padding_side = "left"
     samples = [["a", images[0], "b", images[1], "c", images[2], "which?"], ["just", images[3], "one"]]

@@ -10,8 +10,8 @@ from hf_mm import HfMmClipModel, HfMmClipProcessor
 from hf_mm.cli import main
 from hf_mm.data.captions import digit_pairs
 from hf_mm.demo_clip import ClipDemoPreset, build_towers
+from hf_mm.roles import role_parameters
 from hf_mm.training.contrastive import HfMmContrastiveTrainer
-from hf_mm.training.roles import role_parameters
 from hf_mm.training.setup import prepare_model
 from hf_mm.training.stages import RoleSettings, get_stage
 

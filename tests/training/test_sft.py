@@ -14,6 +14,7 @@ from transformers import AutoModelForImageTextToText, BitsAndBytesConfig, Traine
 from trl import ModelConfig, SFTConfig
 
 from hf_mm import HfMmLlavaForConditionalGeneration
+from hf_mm.roles import role_parameters
 from hf_mm.testing import (
     random_images,
     save_tiny_causal_lm,
@@ -22,7 +23,6 @@ from hf_mm.testing import (
     tiny_llava_processor,
 )
 from hf_mm.training.collators import VisionSFTCollator
-from hf_mm.training.roles import role_parameters
 from hf_mm.training.setup import HfMmArguments, prepare_model, resolve_stage
 from hf_mm.training.sft import HfMmSFTTrainer
 

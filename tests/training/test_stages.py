@@ -3,7 +3,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from hf_mm import HfMmLlavaForConditionalGeneration
-from hf_mm.training.roles import role_parameters
+from hf_mm.roles import role_parameters
 from hf_mm.training.stages import (
     STAGES,
     RoleSettings,

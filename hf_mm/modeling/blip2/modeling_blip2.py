@@ -19,8 +19,8 @@ Where this departs from the paper / LAVIS:
 - Pairs that share an `image_ids` entry are all positives: ITC uses soft targets over them, and ITM never samples a
   positive as a hard negative.
 
-Stage 2 (`HfMmBlip2ForConditionalGeneration`) is LLaVA's prefix composition with the Q-Former as its bridge, so it
-inherits the placeholder scatter, the LM head, generation and composition from `hf_mm_llava`.
+Stage 2 (`HfMmBlip2ForConditionalGeneration`) is prefix fusion with the Q-Former as its bridge, on the composition
+core (`modeling/composition.py`): the placeholder scatter, the LM head, generation and composition are shared.
 """
 
 import copy
@@ -30,23 +30,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModel, Blip2QFormerConfig, PreTrainedModel
+from transformers import AutoModel, Blip2QFormerConfig
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
-from ..initialization import GuardedInitMixin
-from ..llava.modeling_llava import (
-    HfMmLlavaCausalLMOutputWithPast,
-    HfMmLlavaForConditionalGeneration,
-    HfMmLlavaModel,
-    HfMmLlavaModelOutputWithPast,
+from ..composition import (
+    ComposedCausalLMOutputWithPast,
+    ComposedForConditionalGeneration,
+    ComposedModel,
+    ComposedModelOutputWithPast,
+    ComposedPreTrainedModel,
+    loading_kwargs,
 )
-from ..safetensors_only import SafetensorsOnlyMixin
 from ..towers import image_features_output, load_vision_tower, tower_features, tower_from_config, tower_outputs
 from .configuration_blip2 import HfMmBlip2Config
+from .init_from_bert import qformer_from_bert
 from .masks import qformer_attention_mask
 
 logger = logging.get_logger(__name__)
@@ -157,15 +158,10 @@ class QFormerBridge(nn.Module):
         return self.language_projection(query_output)  # (B, Q, D_text)
 
 
-class HfMmBlip2PreTrainedModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTrainedModel):
+class HfMmBlip2PreTrainedModel(ComposedPreTrainedModel):
     config: HfMmBlip2Config
-    base_model_prefix = "model"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
-    _supports_sdpa = True
     _supports_flash_attn = False  # the Q-Former's custom masks need eager or SDPA
-    _supports_attention_backend = True
+    _supports_flex_attn = False
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -187,7 +183,7 @@ class HfMmBlip2PreTrainedModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTraine
             super()._init_weights(module)
 
 
-class HfMmBlip2Model(HfMmBlip2PreTrainedModel, HfMmLlavaModel):
+class HfMmBlip2Model(HfMmBlip2PreTrainedModel, ComposedModel):
     """Stage 2 without the LM head: tower -> Q-Former queries -> `<image>` placeholders -> LM decoder."""
 
     @staticmethod
@@ -229,56 +225,25 @@ class HfMmBlip2Model(HfMmBlip2PreTrainedModel, HfMmLlavaModel):
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.Tensor | None = None,
         **kwargs,
-    ) -> HfMmLlavaModelOutputWithPast:
+    ) -> ComposedModelOutputWithPast:
         image_kwargs = {"qformer_input_ids": qformer_input_ids, "qformer_attention_mask": qformer_attention_mask}
-        return self._prefix_forward(
-            input_ids,
-            pixel_values,
-            attention_mask,
-            position_ids,
-            past_key_values,
-            inputs_embeds,
-            image_kwargs,
-            **kwargs,
-        )
+        inputs_embeds, features = self.prefix_forward(input_ids, pixel_values, inputs_embeds, past_key_values, image_kwargs)  # fmt: skip
+        return self.decode(inputs_embeds, attention_mask, position_ids, past_key_values, features, **kwargs)
 
 
-class HfMmBlip2ForConditionalGeneration(HfMmBlip2PreTrainedModel, HfMmLlavaForConditionalGeneration):
+class HfMmBlip2ForConditionalGeneration(HfMmBlip2PreTrainedModel, ComposedForConditionalGeneration):
     """Stage 2: `model.{vision_tower, bridge, language_model}` plus `lm_head`; the projected query outputs fill the
-    `num_query_tokens` placeholders of each `<image>` as a soft visual prompt."""
+    `num_query_tokens` placeholders of each `<image>` as a soft visual prompt. Compose a new Q-Former between
+    pretrained towers with `from_vision_text_pretrained(vision, text, qformer_config=..., num_query_tokens=...)`
+    (default: a BERT-base-sized `Blip2QFormerConfig()` and 32 queries), or continue from stage 1 (`from_stage1`)."""
 
     _model_class = HfMmBlip2Model
-
-    @classmethod
-    def from_vision_text_pretrained(
-        cls,
-        vision_name_or_path: str,
-        text_name_or_path: str,
-        qformer_config=None,
-        num_query_tokens: int = 32,
-        dtype=None,
-        device_map=None,
-        attn_implementation: str | None = None,
-        quantization_config=None,
-        **config_kwargs,
-    ) -> "HfMmBlip2ForConditionalGeneration":
-        """A new Q-Former (`qformer_config`, default BERT-base-sized `Blip2QFormerConfig()`) between a pretrained
-        vision encoder and a pretrained causal LM, both kept as they are. Loading arguments as in
-        `HfMmLlavaForConditionalGeneration.from_vision_text_pretrained`; `quantization_config` goes to the LM only."""
-        load_kwargs = {"dtype": dtype, "device_map": device_map, "attn_implementation": attn_implementation}
-        load_kwargs = {k: v for k, v in load_kwargs.items() if v is not None}
-        vision_tower = load_vision_tower(vision_name_or_path, **load_kwargs)
-        qformer_config = qformer_config if qformer_config is not None else Blip2QFormerConfig()
-        return cls._compose(
-            vision_tower, text_name_or_path, load_kwargs, quantization_config,
-            qformer_config=qformer_config, num_query_tokens=num_query_tokens, **config_kwargs,
-        )  # fmt: skip
 
     @classmethod
     def from_stage1(
         cls,
         stage1_name_or_path: str,
-        text_name_or_path: str,
+        text_model_name_or_path: str,
         instruction_aware: bool = False,
         dtype=None,
         device_map=None,
@@ -291,14 +256,13 @@ class HfMmBlip2ForConditionalGeneration(HfMmBlip2PreTrainedModel, HfMmLlavaForCo
         Unless `instruction_aware`, the Q-Former's text path (embeddings, text feed-forward layers) is not needed and
         is left out; it stays in the stage-1 checkpoint, and the count of left-out tensors is logged.
         """
-        load_kwargs = {"dtype": dtype, "device_map": device_map, "attn_implementation": attn_implementation}
-        load_kwargs = {k: v for k, v in load_kwargs.items() if v is not None}
+        load_kwargs = loading_kwargs(dtype, device_map, attn_implementation)
         stage1 = HfMmBlip2ForImageTextRetrieval.from_pretrained(stage1_name_or_path, **load_kwargs)
         qformer_config = copy.deepcopy(stage1.config.qformer_config)
         qformer_config.use_qformer_text_input = instruction_aware
         keep = ("num_query_tokens", "image_text_hidden_size", "vision_feature_layer", "vision_layernorm")
-        model = cls._compose(
-            stage1.vision_tower, text_name_or_path, load_kwargs, quantization_config,
+        model = cls.compose_with_text_model(
+            stage1.vision_tower, text_model_name_or_path, quantization_config, load_kwargs,
             qformer_config=qformer_config, **{key: getattr(stage1.config, key) for key in keep},
         )  # fmt: skip
         bridge_state = stage1.bridge.state_dict()
@@ -323,7 +287,7 @@ class HfMmBlip2ForConditionalGeneration(HfMmBlip2PreTrainedModel, HfMmLlavaForCo
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> HfMmLlavaCausalLMOutputWithPast:
+    ) -> ComposedCausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -335,7 +299,7 @@ class HfMmBlip2ForConditionalGeneration(HfMmBlip2PreTrainedModel, HfMmLlavaForCo
             qformer_attention_mask=qformer_attention_mask,
             **{**kwargs, "return_dict": True},
         )
-        return self._head_forward(outputs, input_ids, labels, logits_to_keep, **kwargs)
+        return self.head_forward(outputs, input_ids, labels, logits_to_keep, **kwargs)
 
 
 @dataclass
@@ -402,7 +366,7 @@ class HfMmBlip2ForImageTextRetrieval(HfMmBlip2PreTrainedModel):
     @classmethod
     def from_vision_pretrained(
         cls,
-        vision_name_or_path: str,
+        vision_model_name_or_path: str,
         qformer_config=None,
         text_config=None,
         num_query_tokens: int = 32,
@@ -414,16 +378,14 @@ class HfMmBlip2ForImageTextRetrieval(HfMmBlip2PreTrainedModel):
 
         The Q-Former is `qformer_config` (default BERT-base-sized, random), or, as in BLIP-2, a BERT checkpoint
         `qformer_name_or_path` with new cross-attention layers every `cross_attention_frequency` layers (see
-        `hf_mm.convert.qformer_from_bert`). `text_config` names the LM stage 2 will use (stage 1 never builds it).
+        `qformer_from_bert`, in `init_from_bert.py`). `text_config` names the LM stage 2 will use (stage 1 never builds it).
         """
         bert_state = {}
         if qformer_name_or_path is not None:
             if qformer_config is not None:
                 raise ValueError("Give qformer_config (a new Q-Former) or qformer_name_or_path (BERT), not both.")
-            from ...convert.blip2 import qformer_from_bert  # convert imports this module, so import it here
-
             qformer_config, bert_state = qformer_from_bert(qformer_name_or_path, cross_attention_frequency)
-        vision_tower = load_vision_tower(vision_name_or_path)
+        vision_tower = load_vision_tower(vision_model_name_or_path)
         config = HfMmBlip2Config(
             vision_config=vision_tower.config,
             qformer_config=qformer_config if qformer_config is not None else Blip2QFormerConfig(),

@@ -20,6 +20,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.utils.generic import can_return_tuple
 
+from ..composition import loading_kwargs
 from ..initialization import GuardedInitMixin
 from ..safetensors_only import SafetensorsOnlyMixin
 from ..towers import load_text_tower, load_vision_config, load_vision_tower, tower_from_config
@@ -174,18 +175,32 @@ class HfMmClipModel(HfMmClipPreTrainedModel):
 
     @classmethod
     def from_vision_text_pretrained(
-        cls, vision_name_or_path: str, text_name_or_path: str, dtype=None, **config_kwargs
+        cls,
+        vision_model_name_or_path: str,
+        text_model_name_or_path: str,
+        *,
+        dtype=None,
+        device_map=None,
+        attn_implementation: str | None = None,
+        quantization_config=None,
+        **config_kwargs,
     ) -> "HfMmClipModel":
         """Compose pretrained towers with fresh projections (`config_kwargs` go to `HfMmClipConfig`).
 
         `vision` may be a vision encoder or a dual-encoder checkpoint (its vision tower is taken); `text` may be a
-        text encoder or a causal LM (its bare decoder, pooled at the last token).
+        text encoder or a causal LM (its bare decoder, pooled at the last token). The loading keywords are every
+        family's; `quantization_config` is refused: both towers of a dual encoder train in full precision here.
         """
-        load_kwargs = {} if dtype is None else {"dtype": dtype}
-        vision_tower = load_vision_tower(vision_name_or_path, **load_kwargs)
-        text_tower = load_text_tower(text_name_or_path, **load_kwargs)
+        if quantization_config is not None:
+            raise ValueError(
+                "quantization_config: hf_mm_clip composes its towers in full precision (both train, or one is locked "
+                "as in LiT). Drop it, or compose a generative family, whose LM can be quantized."
+            )
+        load_kwargs = loading_kwargs(dtype, device_map, attn_implementation)
+        vision_tower = load_vision_tower(vision_model_name_or_path, **load_kwargs)
+        text_tower = load_text_tower(text_model_name_or_path, **load_kwargs)
         config = HfMmClipConfig(
-            vision_config=load_vision_config(vision_name_or_path), text_config=text_tower.config, **config_kwargs
+            vision_config=load_vision_config(vision_model_name_or_path), text_config=text_tower.config, **config_kwargs
         )
         with torch.device("meta"):
             model = cls(config)

@@ -23,23 +23,21 @@ Departures from the paper / OpenFlamingo:
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 
-from ...processing.tokenization import END_OF_CHUNK, IMAGE_TOKEN, prepare_flamingo_tokenizer
+from ...tokens import END_OF_CHUNK, IMAGE_TOKEN, prepare_flamingo_tokenizer
 from ..bridges import PerceiverResampler
-from ..initialization import GuardedInitMixin
-from ..llava.modeling_llava import (
-    HfMmLlavaCausalLMOutputWithPast,
-    HfMmLlavaForConditionalGeneration,
-    HfMmLlavaModel,
-    HfMmLlavaModelOutputWithPast,
+from ..composition import (
+    ComposedCausalLMOutputWithPast,
+    ComposedForConditionalGeneration,
+    ComposedModel,
+    ComposedModelOutputWithPast,
+    ComposedPreTrainedModel,
 )
-from ..safetensors_only import SafetensorsOnlyMixin
-from ..towers import image_features_output, load_vision_tower, tower_features, tower_outputs
+from ..towers import image_features_output, tower_features, tower_outputs
 from .configuration_flamingo import HfMmFlamingoConfig
 
 
@@ -144,15 +142,8 @@ class FlamingoBridge(nn.Module):
         return self.perceiver(image_features)
 
 
-class HfMmFlamingoPreTrainedModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTrainedModel):
+class HfMmFlamingoPreTrainedModel(ComposedPreTrainedModel):
     config: HfMmFlamingoConfig
-    base_model_prefix = "model"
-    input_modalities = ("image", "text")
-    supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_attention_backend = True
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -173,7 +164,7 @@ class HfMmFlamingoPreTrainedModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTra
             super()._init_weights(module)
 
 
-class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, HfMmLlavaModel):
+class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, ComposedModel):
     """`vision_tower`, `bridge` (resampler + gated blocks) and `language_model`, without the LM head."""
 
     def __init__(self, config: HfMmFlamingoConfig):
@@ -184,6 +175,9 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, HfMmLlavaModel):
     @staticmethod
     def build_bridge(config: HfMmFlamingoConfig) -> nn.Module:
         return FlamingoBridge(config)
+
+    def attach_parts(self) -> None:
+        self.attach_cross_attention()
 
     def attach_cross_attention(self) -> None:
         """Hook each gated block in front of its decoder layer (again after the LM or the bridge is replaced)."""
@@ -260,7 +254,7 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, HfMmLlavaModel):
         image_hidden_states: torch.Tensor | None = None,
         media_offsets: torch.LongTensor | None = None,
         **kwargs,
-    ) -> HfMmLlavaModelOutputWithPast:
+    ) -> ComposedModelOutputWithPast:
         """`image_hidden_states` (B, M, n, D): media resampled by an earlier call (generate() passes them on);
         `media_offsets` (B,): `<image>` tokens behind the cache, before `input_ids` (generate() sets them)."""
         if (input_ids is None) == (inputs_embeds is None):
@@ -279,43 +273,20 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, HfMmLlavaModel):
                 text_time = self.restart_per_sample(text_time, is_image, position_ids)
         for block in self.bridge.gated_cross_attn:
             block.media, block.text_time = media, text_time
-        return self._decode(inputs_embeds, attention_mask, position_ids, past_key_values, media, **kwargs)
+        return self.decode(inputs_embeds, attention_mask, position_ids, past_key_values, media, **kwargs)
 
 
-class HfMmFlamingoForConditionalGeneration(HfMmFlamingoPreTrainedModel, HfMmLlavaForConditionalGeneration):
+class HfMmFlamingoForConditionalGeneration(HfMmFlamingoPreTrainedModel, ComposedForConditionalGeneration):
     """`model.{vision_tower, bridge, language_model}` plus `lm_head`. Interleaved text and images; generate() runs
-    the tower once and passes the resampled media on to every decoding step."""
+    the tower once and passes the resampled media on to every decoding step. `from_vision_text_pretrained(vision,
+    text, cross_attn_every_n_layers=4, num_latents=64, ...)` puts a new resampler and new gated blocks (gates at 0)
+    between a pretrained tower and a pretrained causal LM, both kept as they are."""
 
     _model_class = HfMmFlamingoModel
     images_live_in_cache = False  # every later token cross-attends to its latest image
 
     @classmethod
-    def from_vision_text_pretrained(
-        cls,
-        vision_name_or_path: str,
-        text_name_or_path: str,
-        cross_attn_every_n_layers: int = 4,
-        num_latents: int = 64,
-        dtype=None,
-        device_map=None,
-        attn_implementation: str | None = None,
-        quantization_config=None,
-        **config_kwargs,
-    ) -> "HfMmFlamingoForConditionalGeneration":
-        """A new resampler and new gated blocks (gates at 0) between a pretrained tower and a pretrained causal LM,
-        both kept as they are; loading arguments as in `HfMmLlavaForConditionalGeneration.from_vision_text_pretrained`."""
-        load_kwargs = {"dtype": dtype, "device_map": device_map, "attn_implementation": attn_implementation}
-        load_kwargs = {k: v for k, v in load_kwargs.items() if v is not None}
-        vision_tower = load_vision_tower(vision_name_or_path, **load_kwargs)
-        model = cls._compose(
-            vision_tower, text_name_or_path, load_kwargs, quantization_config,
-            cross_attn_every_n_layers=cross_attn_every_n_layers, num_latents=num_latents, **config_kwargs,
-        )  # fmt: skip
-        model.model.attach_cross_attention()
-        return model
-
-    @staticmethod
-    def _prepare_tokenizer(tokenizer):
+    def prepare_tokenizer(cls, tokenizer):
         tokenizer = prepare_flamingo_tokenizer(tokenizer)
         ids = {"image_token_id": IMAGE_TOKEN, "end_of_chunk_token_id": END_OF_CHUNK}
         return tokenizer, {key: tokenizer.convert_tokens_to_ids(token) for key, token in ids.items()}
@@ -334,7 +305,7 @@ class HfMmFlamingoForConditionalGeneration(HfMmFlamingoPreTrainedModel, HfMmLlav
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
-    ) -> HfMmLlavaCausalLMOutputWithPast:
+    ) -> ComposedCausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -346,7 +317,7 @@ class HfMmFlamingoForConditionalGeneration(HfMmFlamingoPreTrainedModel, HfMmLlav
             media_offsets=media_offsets,
             **{**kwargs, "return_dict": True},
         )
-        return self._head_forward(outputs, input_ids, labels, logits_to_keep, **kwargs)
+        return self.head_forward(outputs, input_ids, labels, logits_to_keep, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, inputs_embeds=None, next_sequence_length=None, **kwargs):
         """The generic preparation, plus `media_offsets`: the `<image>` tokens already behind the cache."""

@@ -9,26 +9,32 @@ Position ids are built at prefill from `mm_token_type_ids` (or from the ids them
 through the tower once per `generate()` (the generic prepare_inputs_for_generation drops pixels after prefill).
 """
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 
-from ...processing.processing_qwen2_5_vl import prepare_qwen_tokenizer
-from ...processing.tokenization import stop_at_end_of_turn
-from ..heads import CausalLMHeadMixin
-from ..initialization import GuardedInitMixin
-from ..safetensors_only import SafetensorsOnlyMixin
-from ..towers import embedding_weight_name, load_causal_lm, split_causal_lm
+from ...tokens import prepare_qwen_tokenizer
+from ..composition import (
+    ComposedCausalLMOutputWithPast,
+    ComposedForConditionalGeneration,
+    ComposedModel,
+    ComposedPreTrainedModel,
+)
 from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
 from .configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig, text_head_dim
 from .modeling_qwen2_5_vit import HfMmQwen2_5_ViTModel, PatchMerger, RMSNorm
-from .mrope import IMAGE, TEXT, VIDEO, mrope_position_ids, packed_mrope_position_ids, wrap_rotary
+from .mrope import (
+    IMAGE,
+    TEXT,
+    VIDEO,
+    MultimodalRotaryEmbedding,
+    mrope_position_ids,
+    packed_mrope_position_ids,
+    wrap_rotary,
+)
 
 
 def padding_mask_2d(attention_mask, length: int) -> torch.Tensor | None:
@@ -43,15 +49,10 @@ def padding_mask_2d(attention_mask, length: int) -> torch.Tensor | None:
     return visible if visible.dtype == torch.bool else visible == 0
 
 
-class HfMmQwen2_5_VLPreTrainedModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTrainedModel):
+class HfMmQwen2_5_VLPreTrainedModel(ComposedPreTrainedModel):
     config: HfMmQwen2_5_VLConfig
-    base_model_prefix = "model"
     input_modalities = ("image", "video", "text")
-    supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_attention_backend = True
+    _supports_flex_attn = False
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -70,22 +71,25 @@ class HfMmQwen2_5_VLPreTrainedModel(GuardedInitMixin, SafetensorsOnlyMixin, PreT
             super()._init_weights(module)
 
 
-class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
+class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel, ComposedModel):
     def __init__(self, config: HfMmQwen2_5_VLConfig):
         super().__init__(config)
-        vision = config.vision_config
-        self.vision_tower = HfMmQwen2_5_ViTModel(vision)
-        self.bridge = PatchMerger(vision.hidden_size, vision.out_hidden_size, vision.spatial_merge_size)
-        self.language_model = AutoModel.from_config(config.text_config)
-        wrap_rotary(self.language_model, config.mrope_section)
         self.rope_deltas: torch.Tensor | None = None
-        self.post_init()
+        self.attach_parts()
 
-    def get_input_embeddings(self) -> nn.Module:
-        return self.language_model.get_input_embeddings()
+    @staticmethod
+    def build_vision_tower(config: HfMmQwen2_5_VLConfig) -> nn.Module:
+        return HfMmQwen2_5_ViTModel(config.vision_config)  # the class itself: remote code has no Auto registry
 
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.language_model.set_input_embeddings(value)
+    @staticmethod
+    def build_bridge(config: HfMmQwen2_5_VLConfig) -> nn.Module:
+        vision = config.vision_config
+        return PatchMerger(vision.hidden_size, vision.out_hidden_size, vision.spatial_merge_size)
+
+    def attach_parts(self) -> None:
+        """M-RoPE around the LM's own rotary embedding (again after composition put in a new LM)."""
+        if not isinstance(self.language_model.rotary_emb, MultimodalRotaryEmbedding):
+            wrap_rotary(self.language_model, self.config.mrope_section)
 
     def _vision_features(self, pixel_values, grid_thw, output_hidden_states, output_attentions):
         """(N_patches, C*2*14*14) packed pixels -> `pooler_output`: one (N_i / 4, D_text) merged tensor per image or
@@ -116,23 +120,10 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
 
     def placeholder_masks(self, input_ids, inputs_embeds) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, L) image and video placeholder masks, from the ids or, without ids, by matching the embeddings."""
-        masks = []
-        for token_id in (self.config.image_token_id, self.config.video_token_id):
-            if input_ids is not None:
-                masks.append(input_ids == token_id)
-            else:
-                token = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
-                masks.append((inputs_embeds == token).all(-1))
-        return masks[0], masks[1]
-
-    def _scatter(self, embeds, mask, features: tuple[torch.Tensor, ...], name: str) -> torch.Tensor:
-        features = torch.cat(features)
-        if int(mask.sum()) != features.shape[0]:
-            raise ValueError(
-                f"Image features and image tokens do not match: {int(mask.sum())} {name} tokens in the text, "
-                f"{features.shape[0]} {name} features from the grids."
-            )
-        return embeds.masked_scatter(mask[..., None], features.to(embeds.dtype))
+        image, video = self.config.image_token_id, self.config.video_token_id
+        return self.get_placeholder_mask(input_ids, inputs_embeds, image), self.get_placeholder_mask(
+            input_ids, inputs_embeds, video
+        )
 
     def _position_ids(self, masks, mm_token_type_ids, attention_mask, grids, length: int, past: int, packed=None):
         """(3, B, L) M-RoPE ids: built from the token types (or the placeholder `masks`) at prefill, continued from
@@ -179,11 +170,11 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
         masks = self.placeholder_masks(input_ids, inputs_embeds)
         if pixel_values is not None:
-            features = self.get_image_features(pixel_values, image_grid_thw).pooler_output
-            inputs_embeds = self._scatter(inputs_embeds, masks[0], features, "image")
+            features = torch.cat(self.get_image_features(pixel_values, image_grid_thw).pooler_output)
+            inputs_embeds = self.scatter_features(inputs_embeds, masks[0], features, "image")
         if pixel_values_videos is not None:
-            features = self.get_video_features(pixel_values_videos, video_grid_thw).pooler_output
-            inputs_embeds = self._scatter(inputs_embeds, masks[1], features, "video")
+            features = torch.cat(self.get_video_features(pixel_values_videos, video_grid_thw).pooler_output)
+            inputs_embeds = self.scatter_features(inputs_embeds, masks[1], features, "video")
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         grids = (image_grid_thw, video_grid_thw, second_per_grid_ts)
         rotary = self.language_model.rotary_emb
@@ -208,71 +199,43 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel):
         return outputs
 
 
-@dataclass
-class HfMmQwen2_5_VLCausalLMOutput(CausalLMOutputWithPast):
-    """transformers' causal-LM output (this family adds no field; the name is kept for existing imports)."""
+HfMmQwen2_5_VLCausalLMOutput = ComposedCausalLMOutputWithPast  # the name earlier releases exported
 
 
-class HfMmQwen2_5_VLForConditionalGeneration(CausalLMHeadMixin, HfMmQwen2_5_VLPreTrainedModel, GenerationMixin):
-    """`model.{vision_tower, bridge, language_model}` plus `lm_head`, tied to the LM embeddings when the LM ties."""
+class HfMmQwen2_5_VLForConditionalGeneration(HfMmQwen2_5_VLPreTrainedModel, ComposedForConditionalGeneration):
+    """`model.{vision_tower, bridge, language_model}` plus `lm_head`, tied to the LM embeddings when the LM ties.
 
-    def __init__(self, config: HfMmQwen2_5_VLConfig):
-        super().__init__(config)
-        self.model = HfMmQwen2_5_VLModel(config)
-        width = self.model.get_input_embeddings().embedding_dim
-        self.lm_head = nn.Linear(width, config.text_config.vocab_size, bias=False)
-        name = embedding_weight_name(self.model.language_model)
-        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{name}"}
-        self.post_init()
+    `from_vision_text_pretrained(vision, text, ...)` composes a saved `hf_mm_qwen2_5_vit` (or a fresh one from
+    `vision_config`, when `vision` is None) with any pretrained RoPE causal LM, with the loading keywords every
+    family takes; the merger (bridge) is new. `mrope_section` defaults to Qwen's 1/4 : 3/8 : 3/8 split of the LM's
+    head_dim / 2. Pair with `HfMmQwen2_5_VLProcessor.from_vision_text_pretrained`.
+    """
+
+    _model_class = HfMmQwen2_5_VLModel
 
     @classmethod
-    def from_vision_text_pretrained(
-        cls, vision_name_or_path: str | None, text_name_or_path: str, vision_config=None, dtype=None, **config_kwargs
-    ) -> "HfMmQwen2_5_VLForConditionalGeneration":
-        """Compose a saved `hf_mm_qwen2_5_vit` (or a fresh one from `vision_config`, when the path is None) with any
-        pretrained RoPE causal LM; the merger (bridge) is new. `mrope_section` defaults to Qwen's 1/4 : 3/8 : 3/8
-        split of the LM's head_dim / 2. Pair with `HfMmQwen2_5_VLProcessor.from_vision_text_pretrained`."""
-        load = {} if dtype is None else {"dtype": dtype}
-        causal_lm = load_causal_lm(text_name_or_path, **load)
-        tokenizer = prepare_qwen_tokenizer(AutoTokenizer.from_pretrained(text_name_or_path))
-        if len(tokenizer) > causal_lm.get_input_embeddings().num_embeddings:
-            causal_lm.resize_token_embeddings(len(tokenizer))
-        width = causal_lm.config.hidden_size
-        if vision_name_or_path is not None:
-            tower = HfMmQwen2_5_ViTModel.from_pretrained(vision_name_or_path, **load)
-        else:
-            tower = HfMmQwen2_5_ViTModel(vision_config or HfMmQwen2_5_ViTConfig(out_hidden_size=width))
-        tower.config.out_hidden_size = width  # the merger is new: it projects into this LM
+    def load_vision_tower(cls, name_or_path: str | None, config_kwargs: dict, **load_kwargs) -> nn.Module:
+        vision_config = config_kwargs.pop("vision_config", None)
+        if name_or_path is None:
+            return HfMmQwen2_5_ViTModel(vision_config or HfMmQwen2_5_ViTConfig())
+        if vision_config is not None:
+            raise ValueError("Give a saved vision tower or a vision_config for a new one, not both.")
+        return HfMmQwen2_5_ViTModel.from_pretrained(name_or_path, **load_kwargs)
+
+    @classmethod
+    def prepare_tokenizer(cls, tokenizer) -> tuple:
+        tokenizer = prepare_qwen_tokenizer(tokenizer)
+        names = {"image": "<|image_pad|>", "video": "<|video_pad|>", "vision_start": "<|vision_start|>"}
+        return tokenizer, {f"{key}_token_id": tokenizer.convert_tokens_to_ids(t) for key, t in names.items()}
+
+    @classmethod
+    def compose(cls, vision_tower, causal_lm, tokenizer, **config_kwargs):
+        """The merger is new and projects into this LM; M-RoPE's bands follow the LM's head_dim."""
+        vision_tower.config.out_hidden_size = causal_lm.config.hidden_size
         half = text_head_dim(causal_lm.config) // 2
-        section = config_kwargs.pop(
-            "mrope_section", [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
-        )
-        ids = {f"{k}_token_id": tokenizer.convert_tokens_to_ids(t) for k, t in (("image", "<|image_pad|>"), ("video", "<|video_pad|>"), ("vision_start", "<|vision_start|>"))}  # fmt: skip
-        config = HfMmQwen2_5_VLConfig(vision_config=tower.config, text_config=causal_lm.config, mrope_section=section, **ids, **config_kwargs)  # fmt: skip
-        with torch.device("meta"):
-            model = cls(config)
-        language_model, model.lm_head = split_causal_lm(causal_lm)
-        wrap_rotary(language_model, config.mrope_section)
-        model.model.vision_tower, model.model.language_model = tower, language_model
-        vision = config.vision_config
-        model.model.bridge = PatchMerger(vision.hidden_size, width, vision.spatial_merge_size)
-        model._init_weights(model.model.bridge)
-        model.model.bridge.to(device=language_model.device, dtype=language_model.dtype)
-        model.generation_config = causal_lm.generation_config
-        stop_at_end_of_turn(model.generation_config, tokenizer)
-        return model.eval()
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.model.get_input_embeddings()
-
-    def set_input_embeddings(self, value: nn.Module) -> None:
-        self.model.set_input_embeddings(value)
-
-    def get_output_embeddings(self) -> nn.Module:
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
-        self.lm_head = new_embeddings
+        time = half // 4
+        config_kwargs.setdefault("mrope_section", [time, (half - time) // 2, half - time - (half - time) // 2])
+        return super().compose(vision_tower, causal_lm, tokenizer, **config_kwargs)
 
     @can_return_tuple
     def forward(
@@ -299,14 +262,7 @@ class HfMmQwen2_5_VLForConditionalGeneration(CausalLMHeadMixin, HfMmQwen2_5_VLPr
             past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
             **{**kwargs, "return_dict": True},
         )  # fmt: skip
-        logits, loss = self.lm_logits_and_loss(outputs.last_hidden_state, input_ids, labels, logits_to_keep, **kwargs)
-        return HfMmQwen2_5_VLCausalLMOutput(
-            loss=loss,
-            logits=logits,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-        )
+        return self.head_forward(outputs, input_ids, labels, logits_to_keep, **kwargs)
 
     vision_inputs = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
@@ -338,7 +294,7 @@ class HfMmQwen2_5_VLForConditionalGeneration(CausalLMHeadMixin, HfMmQwen2_5_VLPr
                 split["second_per_grid_ts"] = list(model_kwargs["second_per_grid_ts"].split(per_sample))
         return split
 
-    def get_image_features(self, pixel_values, image_grid_thw, **kwargs) -> BaseModelOutputWithPooling:
+    def get_image_features(self, pixel_values, image_grid_thw=None, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, image_grid_thw, **kwargs)
 
     def get_video_features(self, pixel_values_videos, video_grid_thw, **kwargs) -> BaseModelOutputWithPooling:

@@ -1,7 +1,8 @@
-"""Tokenizer preparation shared by every family's processor and by model composition.
+"""Token constants and tokenizer preparation: the bottom layer that modeling (composition) and processing share.
 
 Composition (`from_vision_text_pretrained`) resizes the LM's embeddings for the tokens added here, and the processor
-uses the same tokenizer, so the two always agree on the vocabulary and on the placeholder ids.
+uses the same tokenizer, so the two always agree on the vocabulary and on the placeholder ids. Nothing here imports
+another hf_mm module; the chat templates are package data read from `hf_mm/processing/chat_templates/`.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from importlib import resources
 IMAGE_TOKEN = "<image>"
 END_OF_CHUNK = "<|endofchunk|>"  # Flamingo: closes each (image, text) chunk of an interleaved sequence
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
+QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
 def resources_template(name: str) -> str:
     """A chat template shipped in `hf_mm/processing/chat_templates/`."""
-    return resources.files("hf_mm.processing").joinpath(f"chat_templates/{name}").read_text()
+    return resources.files("hf_mm").joinpath(f"processing/chat_templates/{name}").read_text()
 
 
 def default_chat_template() -> str:
@@ -29,24 +31,44 @@ def prepare_tokenizer(tokenizer, image_token: str = IMAGE_TOKEN):
     The model's composition and the processor's both call this on the same tokenizer checkpoint, so both agree on
     the vocabulary and on `image_token_id`. Returns the tokenizer.
     """
-    new_tokens = [] if image_token in tokenizer.get_vocab() else [image_token]
+    tokens = [image_token]
     if tokenizer.chat_template is None:
         tokenizer.chat_template = default_chat_template()
-        new_tokens += [t for t in CHATML_TOKENS if t not in tokenizer.get_vocab()]
-    if new_tokens:
-        tokenizer.add_special_tokens({"additional_special_tokens": new_tokens}, replace_extra_special_tokens=False)
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise ValueError("The tokenizer has neither a pad token nor an eos token; set tokenizer.pad_token.")
-        tokenizer.pad_token = tokenizer.eos_token
+        tokens += CHATML_TOKENS
+    _add_tokens(tokenizer, tokens)
+    _set_pad_token(tokenizer)
     return tokenizer
 
 
 def prepare_flamingo_tokenizer(tokenizer):
     """`prepare_tokenizer` (`<image>`, pad, a chat template) plus Flamingo's `<|endofchunk|>`, in place."""
     tokenizer = prepare_tokenizer(tokenizer)
-    if END_OF_CHUNK not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [END_OF_CHUNK]}, replace_extra_special_tokens=False)
+    _add_tokens(tokenizer, [END_OF_CHUNK])
+    return tokenizer
+
+
+def _add_tokens(tokenizer, tokens: list[str]) -> None:
+    new = [t for t in tokens if t not in tokenizer.get_vocab()]
+    if new:
+        tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+
+
+def _set_pad_token(tokenizer) -> None:
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError("The tokenizer has neither a pad token nor an eos token; set tokenizer.pad_token.")
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def prepare_qwen_tokenizer(tokenizer):
+    """Qwen2.5-VL's vision tokens, a pad token and (when the tokenizer has none) ChatML with hf_mm's Qwen2.5-VL
+    template, in place. Returns the tokenizer."""
+    tokens = list(QWEN_VISION_TOKENS)
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = resources_template("qwen2_5_vl.jinja")
+        tokens += CHATML_TOKENS
+    _add_tokens(tokenizer, tokens)
+    _set_pad_token(tokenizer)
     return tokenizer
 
 
@@ -67,6 +89,9 @@ def stop_at_end_of_turn(generation_config, tokenizer) -> None:
 
 __all__ = [
     "stop_at_end_of_turn",
+    "QWEN_VISION_TOKENS",
+    "prepare_qwen_tokenizer",
+    "resources_template",
     "IMAGE_TOKEN",
     "END_OF_CHUNK",
     "prepare_flamingo_tokenizer",
