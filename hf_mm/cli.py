@@ -65,11 +65,11 @@ def _recipe(command: str, argv: list[str]) -> None:
     elif command == "qformer":
         from .training.qformer import main
     elif argv[:1] == ["clip"]:
-        from .demo_clip import main
+        from .apps.demo_clip import main
 
         argv = argv[1:]
     else:
-        from .demo import main
+        from .apps.demo import main
     main(argv)
 
 
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
     if argv and argv[0] == "compare":
-        from .compare import main as compare
+        from .apps.compare import main as compare
 
         compare(argv[1:])
         return None

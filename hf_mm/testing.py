@@ -10,7 +10,6 @@ import os
 
 import numpy as np
 import PIL.Image
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModel,
     AutoModelForCausalLM,
@@ -23,7 +22,6 @@ from transformers import (
     GPT2Config,
     LlamaConfig,
     OPTConfig,
-    PreTrainedTokenizerFast,
     Qwen2Config,
     SiglipImageProcessorPil,
     SiglipVisionConfig,
@@ -31,6 +29,7 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
+from .data.tokenizers import EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN, tiny_tokenizer  # noqa: F401  (public here)
 from .modeling.blip2 import HfMmBlip2Config
 from .modeling.flamingo import HfMmFlamingoConfig
 from .modeling.llava import HfMmLlavaConfig
@@ -50,20 +49,9 @@ IMAGE_SIZE = 32
 PATCH_SIZE = 8
 HIDDEN = 32
 TEXT_VOCAB_SIZE = 352  # the BPE below has 320 entries; the LM vocab is padded past it, as real LMs' often are
-EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<pad>"
-EOS_ID, PAD_ID = 0, 1
 
 VISION_TOWERS = ("clip", "siglip", "vit", "dinov2")
 TEXT_MODELS = ("llama", "qwen2", "gpt2", "opt")
-
-_CORPUS = [
-    "a photo of a red square on a black background",
-    "the image shows a blue circle next to a green triangle",
-    "user: what colour is the shape? assistant: the shape is red.",
-    "describe the picture in one sentence. there are two cats and one dog.",
-    "how many objects are there? three. four. five. six. seven. eight. nine. ten.",
-    "0 1 2 3 4 5 6 7 8 9 yes no left right top bottom large small",
-]
 
 
 def tiny_vision_config(kind: str):
@@ -111,24 +99,6 @@ def tiny_image_processor(kind: str):
     if kind == "vit":
         return ViTImageProcessorPil(size=square)
     raise ValueError(f"Unknown tiny vision tower {kind!r}. Allowed: {VISION_TOWERS}.")
-
-
-def tiny_tokenizer(corpus: list[str] | None = None, vocab_size: int = 320) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained in code on `corpus` (default: a few sentences; 320 entries), like a plain LM's
-    tokenizer: no `<image>`, no chat template."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=[EOS_TOKEN, PAD_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(corpus or _CORPUS, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=PAD_TOKEN
-    )
 
 
 def tiny_llava_config(vision: str = "clip", text: str = "llama", bridge_type: str = "mlp2x_gelu", **kwargs):

@@ -9,11 +9,12 @@ from hf_mm.cli import main
 
 def test_compare_writes_a_consistent_table_json_and_plot(tmp_path):
     out = tmp_path / "compare"
-    bridges = ["linear", "qwen_adapter", "gated_cross_attn"]
+    bridges = ["linear", "qwen_adapter", "gated_cross_attn"]  # two LLaVA prefix bridges, then Flamingo's
     main(["compare", "--quick", "--steps", "2", "--train-samples", "32", "--eval-samples", "4", "--seeds", "0", "1",
-          "--bridges", *bridges, "--output-dir", str(out)])  # fmt: skip
+          "--families", "llava", "flamingo", "--bridges", *bridges[:2], "--output-dir", str(out)])  # fmt: skip
     result = json.loads((out / "results.json").read_text())
     assert len(result["runs"]) == len(bridges) * 2 and [row["bridge"] for row in result["rows"]] == bridges
+    assert [row["family"] for row in result["rows"]] == ["llava", "llava", "flamingo"]
     table = (out / "table.md").read_text()
     for row in result["rows"]:
         runs = [run for run in result["runs"] if run["bridge"] == row["bridge"]]

@@ -1,6 +1,6 @@
 """The learning demo, shortened (`--preset quick`): the model must beat chance by a wide margin after training."""
 
-from hf_mm.demo import main
+from hf_mm.apps.demo import main
 
 # Chance on the held-out colour/shape mix: half the questions have 6 colours, half 3 shapes -> (1/6 + 1/3) / 2.
 CHANCE = 0.25
@@ -17,7 +17,7 @@ def test_quick_demo_learns_and_reloads(tmp_path, capsys):
 
 
 def test_quick_clip_demo_learns_digits_from_captions(tmp_path, capsys):
-    from hf_mm.demo_clip import main as clip_main
+    from hf_mm.apps.demo_clip import main as clip_main
 
     result = clip_main(["--preset", "quick", "--output-dir", str(tmp_path / "clip")])
     # Chance is 10% (ten digits); the quick run measured 87% zero-shot with unseen templates.

@@ -19,10 +19,10 @@ from transformers import (
 )
 
 from hf_mm import testing as T
+from hf_mm.apps.demo import answer
 from hf_mm.cli import main
 from hf_mm.data import synthetic
 from hf_mm.data.captions import TRAIN_TEMPLATES, caption, digit_pairs
-from hf_mm.demo import answer
 from hf_mm.eval import evaluate
 from hf_mm.modeling.blip2 import HfMmBlip2ForConditionalGeneration, HfMmBlip2ForImageTextRetrieval
 from hf_mm.processing import HfMmBlip2Processor, prepare_tokenizer

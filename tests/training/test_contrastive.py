@@ -7,9 +7,9 @@ from transformers import AutoModel, TrainingArguments
 from trl import ModelConfig
 
 from hf_mm import HfMmClipModel, HfMmClipProcessor
+from hf_mm.apps.demo_clip import ClipDemoPreset, build_towers
 from hf_mm.cli import main
 from hf_mm.data.captions import digit_pairs
-from hf_mm.demo_clip import ClipDemoPreset, build_towers
 from hf_mm.roles import role_parameters
 from hf_mm.training.contrastive import HfMmContrastiveTrainer
 from hf_mm.training.setup import prepare_model

@@ -171,8 +171,8 @@ def test_contrastive_trainer_accumulation_equals_the_global_batch(loss_type, tmp
     from datasets import Dataset
 
     from hf_mm import HfMmClipModel, HfMmClipProcessor
+    from hf_mm.apps.demo_clip import ClipDemoPreset, build_towers
     from hf_mm.data.captions import digit_pairs
-    from hf_mm.demo_clip import ClipDemoPreset, build_towers
     from hf_mm.training.contrastive import HfMmContrastiveTrainer
 
     towers = build_towers(tmp_path / "towers", ClipDemoPreset(hidden=32, layers=1))

@@ -29,12 +29,12 @@ from transformers import (
 )
 from trl import SFTConfig
 
-from . import HfMmLlavaForConditionalGeneration, HfMmLlavaProcessor
-from .data import synthetic
-from .eval import evaluate, score
-from .testing import tiny_tokenizer
-from .training.setup import prepare_model
-from .training.sft import HfMmSFTTrainer
+from .. import HfMmLlavaForConditionalGeneration, HfMmLlavaProcessor
+from ..data import synthetic
+from ..data.tokenizers import tiny_tokenizer
+from ..eval import evaluate, score
+from ..training.setup import prepare_model
+from ..training.sft import HfMmSFTTrainer
 
 QUESTION_TYPES = ("colour", "shape")
 
@@ -199,6 +199,7 @@ def sample_photo(size: int) -> PIL.Image.Image:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="hf-mm demo", description=__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--quick", action="store_const", const="quick", dest="preset", help="--preset quick")
     parser.add_argument("--output-dir", default="outputs/demo")
     args = parser.parse_args(argv)
     preset, out, start = PRESETS[args.preset], Path(args.output_dir), time.perf_counter()

@@ -27,12 +27,12 @@ from transformers import (
     pipeline,
 )
 
-from .data.captions import HELD_OUT_TEMPLATES, NUMBER_WORDS, TRAIN_TEMPLATES, caption, class_templates, digit_pairs
-from .eval import embed_images, embed_texts, retrieval_recall, zero_shot_classifier
-from .modeling.clip import HfMmClipModel
-from .processing import HfMmClipProcessor
-from .testing import tiny_tokenizer
-from .training.contrastive import HfMmContrastiveTrainer
+from ..data.captions import HELD_OUT_TEMPLATES, NUMBER_WORDS, TRAIN_TEMPLATES, caption, class_templates, digit_pairs
+from ..data.tokenizers import tiny_tokenizer
+from ..eval import embed_images, embed_texts, retrieval_recall, zero_shot_classifier
+from ..modeling.clip import HfMmClipModel
+from ..processing import HfMmClipProcessor
+from ..training.contrastive import HfMmContrastiveTrainer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +106,7 @@ def describe(scores: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="hf-mm demo clip", description=__doc__)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="full")
+    parser.add_argument("--quick", action="store_const", const="quick", dest="preset", help="--preset quick")
     parser.add_argument("--output-dir", default="outputs/demo-clip")
     args = parser.parse_args(argv)
     preset, out, start = PRESETS[args.preset], Path(args.output_dir), time.perf_counter()

@@ -1,8 +1,10 @@
 """`hf-mm compare`: every bridge between the same two towers, trained on the same tasks with the same budget.
 
-    hf-mm compare [--quick] [--vision PATH --text PATH] [--tasks shapes_vqa digits ...] [--seeds 0 1]
+    hf-mm compare [--quick] [--vision PATH --text PATH] [--families llava blip2 flamingo] [--bridges linear ...]
+                  [--tasks shapes_vqa digits ...] [--seeds 0 1]
 
-For each task, bridge and seed: compose a fresh model, train the bridge and the LM (`instruct` stage; the tower
+`--families` and `--bridges` are separate, as in recipes: the bridges are family llava's prefix bridges, and
+every other family brings its own. For each task, bridge and seed: compose a fresh model, train the bridge and the LM (`instruct` stage; the tower
 stays frozen) for `--steps` steps on the synthetic task, score the held-out split with hf_mm's scorers, and
 record trainable parameters, visual tokens per image, train step time and training memory (`training_memory`:
 exact on CPU, where no allocator statistics exist). Bridges:
@@ -31,10 +33,13 @@ from tqdm.auto import tqdm
 from transformers import Blip2QFormerConfig
 from trl import SFTConfig
 
-from .data import synthetic
-from .eval import evaluate, predict
+from ..data import synthetic
+from ..eval import evaluate, predict
+from ..modeling.bridges import BRIDGES
 
-BRIDGES = ("linear", "mlp2x_gelu", "pixel_shuffle", "perceiver", "qwen_adapter", "qformer", "gated_cross_attn")
+# The families whose bridge sits between any tower and any LM (Qwen2.5-VL's merger needs its own ViT), and the
+# name each family's bridge has in the table; `llava`'s bridge is chosen with --bridges (hf_mm.BRIDGES).
+FAMILY_BRIDGES = {"llava": None, "blip2": "qformer", "flamingo": "gated_cross_attn"}
 TASKS = ("shapes_vqa", "grounding", "ocr", "digits")
 
 
@@ -57,34 +62,30 @@ BUDGETS = {
 # ---------------------------------------------------------------- one run
 
 
-def compose(bridge: str, vision: str, text: str, hidden: int):
-    """A fresh model + processor with `bridge` between the two towers; bridge sizes suit small towers."""
-    from . import (
-        HfMmBlip2ForConditionalGeneration,
-        HfMmBlip2Processor,
-        HfMmFlamingoForConditionalGeneration,
-        HfMmFlamingoProcessor,
-        HfMmLlavaForConditionalGeneration,
-        HfMmLlavaProcessor,
-    )
+def arms(families: list[str], bridges: list[str]) -> list[tuple[str, str]]:
+    """(family, bridge) pairs to run: every LLaVA prefix bridge asked for, then each other family's own bridge."""
+    pairs = [("llava", bridge) for bridge in bridges] if "llava" in families else []
+    return pairs + [(family, FAMILY_BRIDGES[family]) for family in families if family != "llava"]
 
-    if bridge == "qformer":
+
+def compose(family: str, bridge: str, vision: str, text: str, hidden: int):
+    """A fresh model + processor of `family` (with `bridge`, for llava) between the two towers; sizes suit small
+    towers."""
+    from ..families import get_family
+
+    generation, processor = get_family(family).generation_class, get_family(family).processor_class
+    if family == "blip2":
         qformer = Blip2QFormerConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=2,
                                      num_attention_heads=4, encoder_hidden_size=hidden)  # fmt: skip
-        model = HfMmBlip2ForConditionalGeneration.from_vision_text_pretrained(
-            vision, text, qformer_config=qformer, num_query_tokens=16
-        )
-        return model, HfMmBlip2Processor.from_vision_text_pretrained(vision, text, num_query_tokens=16)
-    if bridge == "gated_cross_attn":
+        model = generation.from_vision_text_pretrained(vision, text, qformer_config=qformer, num_query_tokens=16)
+        return model, processor.from_vision_text_pretrained(vision, text, num_query_tokens=16)
+    if family == "flamingo":
         settings = dict(num_latents=16, perceiver_depth=2, perceiver_heads=4, perceiver_head_dim=hidden // 4,
                         cross_attn_every_n_layers=1, cross_attn_heads=4, cross_attn_head_dim=hidden // 4)  # fmt: skip
-        model = HfMmFlamingoForConditionalGeneration.from_vision_text_pretrained(vision, text, **settings)
-        return model, HfMmFlamingoProcessor.from_vision_text_pretrained(vision, text)
+        return generation.from_vision_text_pretrained(vision, text, **settings), processor.from_vision_text_pretrained(vision, text)  # fmt: skip
     settings = dict(bridge_type=bridge, vision_feature_layer=-1, perceiver_num_latents=16, perceiver_depth=2,
                     perceiver_heads=4, perceiver_head_dim=hidden // 4, adapter_num_queries=16, adapter_heads=4)  # fmt: skip
-    model = HfMmLlavaForConditionalGeneration.from_vision_text_pretrained(vision, text, **settings)
-    processor = HfMmLlavaProcessor.from_vision_text_pretrained(vision, text, **settings)
-    return model, processor
+    return generation.from_vision_text_pretrained(vision, text, **settings), processor.from_vision_text_pretrained(vision, text, **settings)  # fmt: skip
 
 
 def visual_tokens(model, processor, image_size: int) -> int:
@@ -120,13 +121,16 @@ def training_memory(model, batch: dict) -> int:
     return weights + 3 * trainable + sum(saved.values())
 
 
-def run_one(bridge: str, task: str, seed: int, towers: tuple[str, str], budget: Budget, workdir: Path) -> dict:
-    from .training.setup import prepare_model
-    from .training.sft import HfMmSFTTrainer
+def run_one(
+    arm: tuple[str, str], task: str, seed: int, towers: tuple[str, str], budget: Budget, workdir: Path
+) -> dict:
+    from ..training.setup import prepare_model
+    from ..training.sft import HfMmSFTTrainer
 
     torch.manual_seed(seed)
     hidden = _tower_width(towers[0])
-    model, processor = compose(bridge, *towers, hidden)
+    family, bridge = arm
+    model, processor = compose(family, bridge, *towers, hidden)
     model = prepare_model(model, "instruct")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     generate = synthetic.TASKS[task]
@@ -146,7 +150,8 @@ def run_one(bridge: str, task: str, seed: int, towers: tuple[str, str], budget: 
     memory = training_memory(model.train(), trainer.collator([train[i] for i in range(budget.batch_size)]))
     scores = evaluate(predict(model, processor, held_out, max_new_tokens=24), held_out)
     return {
-        "bridge": bridge, "task": task, "seed": seed, "score": scores["overall"], "trainable_params": trainable,
+        "family": family, "bridge": bridge, "task": task, "seed": seed, "score": scores["overall"],
+        "trainable_params": trainable,
         "visual_tokens": visual_tokens(model, processor, budget.image_size), "step_s": seconds / budget.steps,
         "memory_mb": memory / 2**20, "dropped_overlong": trainer.collator.dropped,
     }  # fmt: skip
@@ -179,7 +184,7 @@ def aggregate(runs: list[dict]) -> list[dict]:
                 continue
             scores = [run["score"] for run in group]
             rows.append({
-                "bridge": bridge, "task": task, "seeds": len(group), "score": statistics.mean(scores),
+                "family": group[0]["family"], "bridge": bridge, "task": task, "seeds": len(group), "score": statistics.mean(scores),
                 "score_min": min(scores), "score_max": max(scores),
                 "trainable_params": group[0]["trainable_params"], "visual_tokens": group[0]["visual_tokens"],
                 "step_s": statistics.median(run["step_s"] for run in group),
@@ -237,7 +242,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--vision", default=None, help="a vision tower (folder or Hub id); default: the demo's")
     parser.add_argument("--text", default=None, help="a causal LM (folder or Hub id); default: the demo's")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None)
-    parser.add_argument("--bridges", nargs="+", choices=BRIDGES, default=list(BRIDGES))
+    parser.add_argument("--families", nargs="+", choices=list(FAMILY_BRIDGES), default=list(FAMILY_BRIDGES))
+    parser.add_argument("--bridges", nargs="+", choices=sorted(BRIDGES), default=sorted(BRIDGES),
+                        help="family llava's prefix bridges")  # fmt: skip
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--train-samples", type=int, default=None)
@@ -255,7 +262,9 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as workdir:
         towers = (args.vision, args.text) if args.vision else default_towers(Path(workdir), pretrain=not args.quick)
-        jobs = [(bridge, task, seed) for task in tasks for bridge in args.bridges for seed in args.seeds]
+        jobs = [
+            (arm, task, seed) for task in tasks for arm in arms(args.families, args.bridges) for seed in args.seeds
+        ]
         runs = [run_one(*job, towers, budget, Path(workdir)) for job in tqdm(jobs, desc="bridges x tasks x seeds")]
     rows = aggregate(runs)
     result = {"budget": dataclasses.asdict(budget), "tasks": tasks, "seeds": args.seeds, "runs": runs, "rows": rows,
