@@ -9,7 +9,7 @@ from .convert import (
     from_transformers_siglip,
 )
 from .families import FAMILIES, Family, get_family, register_family
-from .modeling import BRIDGES
+from .modeling import BRIDGES, Bridge, register_bridge
 from .modeling.blip2 import (
     HfMmBlip2Config,
     HfMmBlip2ForConditionalGeneration,
@@ -39,6 +39,8 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "BRIDGES",
+    "Bridge",
+    "register_bridge",
     "FAMILIES",
     "Family",
     "get_family",

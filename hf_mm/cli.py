@@ -16,13 +16,13 @@ import argparse
 import os
 import sys
 
-CONVERTERS = ("llava", "blip2", "clip", "siglip", "qwen2_5_vl")
+from .families import importers
+
+CONVERTERS = tuple(importers())  # every family's importers, from the registry
 
 
 def _convert(args: argparse.Namespace) -> None:
-    from . import convert
-
-    model, processor = getattr(convert, f"from_transformers_{args.family}")(args.src)
+    model, processor = importers()[args.family](args.src)
     model.save_pretrained(args.dst)
     if processor is not None:
         processor.save_pretrained(args.dst)

@@ -141,6 +141,7 @@ register_family(Family(
     "clip", HfMmClipConfig, HfMmClipModel, HfMmClipProcessor, ("vision", "bridge", "text"),
     zero_shot_class=HfMmClipModel, pipeline_tag="zero-shot-image-classification",
     importers={"clip": from_transformers_clip, "siglip": from_transformers_siglip},
+    tiny=("hf_mm.testing:tiny_clip_config", "hf_mm.testing:tiny_clip_processor"),
 ))  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from transformers import (
     CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
+    CLIPTextConfig,
     CLIPVisionConfig,
     Dinov2Config,
     GPT2Config,
@@ -29,13 +30,15 @@ from transformers import (
     ViTImageProcessorPil,
 )
 
-from .data.tokenizers import EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN, tiny_tokenizer  # noqa: F401  (public here)
+from .data.tokenizers import DEFAULT_CORPUS, EOS_ID, EOS_TOKEN, PAD_ID, PAD_TOKEN, tiny_tokenizer  # noqa: F401  (public here)
 from .modeling.blip2 import HfMmBlip2Config
+from .modeling.clip import HfMmClipConfig
 from .modeling.flamingo import HfMmFlamingoConfig
 from .modeling.llava import HfMmLlavaConfig
 from .modeling.qwen2_5_vl import HfMmQwen2_5_ViTConfig, HfMmQwen2_5_VLConfig
 from .processing import (
     HfMmBlip2Processor,
+    HfMmClipProcessor,
     HfMmFlamingoProcessor,
     HfMmLlavaProcessor,
     HfMmQwen2_5_VLImageProcessor,
@@ -172,6 +175,32 @@ def tiny_flamingo_processor(config: HfMmFlamingoConfig | None = None, vision: st
     """The processor matching `tiny_flamingo_config`: the tower's image processor and the prepared tiny tokenizer
     (`config` is accepted for symmetry with the other families; Flamingo's processor needs nothing from it)."""
     return HfMmFlamingoProcessor(tiny_image_processor(vision), prepare_flamingo_tokenizer(tiny_tokenizer()))
+
+
+def tiny_clip_config(**kwargs) -> HfMmClipConfig:
+    """A tiny dual encoder: the tiny CLIP vision tower and a 2-layer CLIP text tower over the tiny tokenizer,
+    projected to 24."""
+    text = CLIPTextConfig(vocab_size=TEXT_VOCAB_SIZE, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=2,
+                          num_attention_heads=2, max_position_embeddings=64, bos_token_id=EOS_ID, eos_token_id=EOS_ID)  # fmt: skip
+    settings = {"vision_config": tiny_vision_config("clip"), "text_config": text, "projection_dim": 24}
+    return HfMmClipConfig(**{**settings, **kwargs})
+
+
+def tiny_clip_processor(config: HfMmClipConfig | None = None) -> HfMmClipProcessor:
+    """The processor matching `tiny_clip_config`: CLIP's image processor and the tiny tokenizer."""
+    return HfMmClipProcessor(image_processor=tiny_image_processor("clip"), tokenizer=tiny_tokenizer())
+
+
+def tiny_model_and_processor(family: str, **config_kwargs):
+    """A randomly initialised tiny model of any registered family (its generative class, or its dual encoder) and
+    the matching processor; the family registry names each family's tiny builders."""
+    from .families import get_family
+
+    entry = get_family(family)
+    if entry.tiny is None:
+        raise ValueError(f"family={family!r} declares no tiny builders in its registry entry.")
+    config = entry.tiny_config(**config_kwargs)
+    return (entry.generation_class or entry.model_class)(config), entry.tiny_processor(config)
 
 
 def tiny_qwen2_5_vit_config(**kwargs) -> HfMmQwen2_5_ViTConfig:

@@ -36,7 +36,7 @@ def prepare_tokenizer(tokenizer, image_token: str = IMAGE_TOKEN):
         tokenizer.chat_template = default_chat_template()
         tokens += CHATML_TOKENS
     _add_tokens(tokenizer, tokens)
-    _set_pad_token(tokenizer)
+    set_pad_token(tokenizer)
     return tokenizer
 
 
@@ -53,7 +53,8 @@ def _add_tokens(tokenizer, tokens: list[str]) -> None:
         tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
 
 
-def _set_pad_token(tokenizer) -> None:
+def set_pad_token(tokenizer) -> None:
+    """A pad token (the EOS token when there is none), in place; refuses a tokenizer with neither."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ValueError("The tokenizer has neither a pad token nor an eos token; set tokenizer.pad_token.")
@@ -68,7 +69,7 @@ def prepare_qwen_tokenizer(tokenizer):
         tokenizer.chat_template = resources_template("qwen2_5_vl.jinja")
         tokens += CHATML_TOKENS
     _add_tokens(tokenizer, tokens)
-    _set_pad_token(tokenizer)
+    set_pad_token(tokenizer)
     return tokenizer
 
 
@@ -89,6 +90,7 @@ def stop_at_end_of_turn(generation_config, tokenizer) -> None:
 
 __all__ = [
     "stop_at_end_of_turn",
+    "set_pad_token",
     "QWEN_VISION_TOKENS",
     "prepare_qwen_tokenizer",
     "resources_template",

@@ -34,7 +34,7 @@ from hf_mm.data import synthetic
 from hf_mm.eval import evaluate, predict
 from hf_mm.roles import role_parameters
 from tests.hub_server import HubServer, point_client_at
-from tests.training.test_cli import CPU
+from tests.training.helpers import CPU
 
 SECRET = "hf_loopbackSecretToken0123456789"
 REPO = "tester/tiny-vlm"
@@ -255,7 +255,7 @@ def _qwen2_5_vl():
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     from hf_mm.convert.qwen2_5_vl import from_transformers_qwen2_5_vl
-    from tests.modeling.test_qwen2_5_vl import IMAGE, START, TEXT, VIDEO, VISION
+    from tests.modeling.qwen_reference import IMAGE, START, TEXT, VIDEO, VISION
 
     config = Qwen2_5_VLConfig(vision_config=VISION, text_config=TEXT, image_token_id=IMAGE, video_token_id=VIDEO,
                               vision_start_token_id=START)  # fmt: skip

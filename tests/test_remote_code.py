@@ -21,7 +21,7 @@ from hf_mm import (
 from hf_mm import testing as T
 from hf_mm.cli import main
 from hf_mm.convert.qwen2_5_vl import from_transformers_qwen2_5_vl
-from tests.modeling.test_qwen2_5_vl import IMAGE, START, TEXT, VIDEO, VISION, inputs
+from tests.modeling.qwen_reference import IMAGE, START, TEXT, VIDEO, VISION, inputs
 
 # Runs in a fresh interpreter: any attempt to import hf_mm fails, so only the exported files can serve the model.
 LOADER = """

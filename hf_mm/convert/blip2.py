@@ -8,13 +8,12 @@ transformers' Blip2 reads the vision model's final (post-layernorm) output and h
 Q-Former, so the import sets `vision_feature_layer=-1` and `vision_layernorm=False`.
 """
 
-import os
-
-from transformers import AutoProcessor, Blip2ForConditionalGeneration
+from transformers import Blip2ForConditionalGeneration
 
 from ..modeling.blip2 import HfMmBlip2Config, HfMmBlip2ForConditionalGeneration
 from ..modeling.blip2.init_from_bert import qformer_from_bert  # noqa: F401  (re-exported: hf_mm.convert.qformer_from_bert)
 from ..processing import HfMmBlip2Processor
+from .common import import_weights, load_source
 
 
 def _convert_config(source) -> HfMmBlip2Config:
@@ -49,13 +48,6 @@ def _renames(source) -> tuple[tuple[str, str], ...]:
     )
 
 
-def _rename(key: str, renames) -> str:
-    for old, new in renames:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    raise ValueError(f"Unexpected key {key!r} in the Blip2ForConditionalGeneration state dict.")
-
-
 def from_transformers_blip2(model_or_path, processor=None, qformer_tokenizer=None):
     """(HfMmBlip2ForConditionalGeneration, HfMmBlip2Processor | None) from a transformers Blip2 model or folder/id.
 
@@ -63,21 +55,10 @@ def from_transformers_blip2(model_or_path, processor=None, qformer_tokenizer=Non
     it. `qformer_tokenizer` (BLIP-2's is bert-base-uncased) is carried by the processor for stage-1 training; BLIP-2
     ships none, so it defaults to the LM tokenizer, which stage 2 never uses.
     """
-    if isinstance(model_or_path, (str, os.PathLike)):
-        source = Blip2ForConditionalGeneration.from_pretrained(model_or_path)
-        processor = processor or AutoProcessor.from_pretrained(model_or_path)
-    elif isinstance(model_or_path, Blip2ForConditionalGeneration):
-        source = model_or_path
-    else:
-        raise TypeError(
-            f"model_or_path is a {type(model_or_path).__name__}; expected a Blip2ForConditionalGeneration or a path."
-        )
+    source, processor = load_source(model_or_path, Blip2ForConditionalGeneration, processor)
     config = _convert_config(source.config)
-    model = HfMmBlip2ForConditionalGeneration(config).to(source.dtype)
-    renames = _renames(source)
-    state = {_rename(key, renames): value for key, value in source.state_dict().items()}
-    model.load_state_dict(state, strict=True)
-    model.generation_config = source.generation_config
+    model = HfMmBlip2ForConditionalGeneration(config)
+    model = import_weights(model, source, _renames(source), "Blip2ForConditionalGeneration")
     if processor is None:
         return model.eval(), None
     hf_processor = HfMmBlip2Processor(

@@ -5,13 +5,12 @@ bridge; every other key keeps its name. The state dict is loaded strictly, so a 
 instead of being dropped. The in-memory source is read after transformers has converted any legacy key layout.
 """
 
-import os
-
-from transformers import AutoProcessor, LlavaForConditionalGeneration
+from transformers import LlavaForConditionalGeneration
 
 from ..modeling.llava import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration
 from ..modeling.llava.configuration_llava import num_prefix_tokens
 from ..processing import HfMmLlavaProcessor
+from .common import import_weights, load_source
 
 _RENAMES = (("model.multi_modal_projector.", "model.bridge."),)
 
@@ -39,33 +38,15 @@ def _convert_config(source) -> HfMmLlavaConfig:
     )
 
 
-def _rename(key: str) -> str:
-    for old, new in _RENAMES:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
-
-
 def from_transformers_llava(model_or_path, processor=None):
     """(HfMmLlavaForConditionalGeneration, HfMmLlavaProcessor | None) from a transformers Llava model or folder/id.
 
     With a path, the processor is loaded from it too; with a model object, pass its `LlavaProcessor` to convert it.
     """
-    if isinstance(model_or_path, (str, os.PathLike)):
-        source = LlavaForConditionalGeneration.from_pretrained(model_or_path)
-        processor = processor or AutoProcessor.from_pretrained(model_or_path)
-    elif isinstance(model_or_path, LlavaForConditionalGeneration):
-        source = model_or_path
-    else:
-        raise TypeError(
-            f"model_or_path is a {type(model_or_path).__name__}; expected a LlavaForConditionalGeneration or a path."
-        )
-
+    source, processor = load_source(model_or_path, LlavaForConditionalGeneration, processor)
     config = _convert_config(source.config)
-    model = HfMmLlavaForConditionalGeneration(config).to(source.dtype)
-    model.load_state_dict({_rename(k): v for k, v in source.state_dict().items()}, strict=True)
-    model.generation_config = source.generation_config
-    return model.eval(), (_convert_processor(processor, config) if processor is not None else None)
+    model = import_weights(HfMmLlavaForConditionalGeneration(config), source, _RENAMES)
+    return model, (_convert_processor(processor, config) if processor is not None else None)
 
 
 def _convert_processor(processor, config: HfMmLlavaConfig) -> HfMmLlavaProcessor:
@@ -75,7 +56,8 @@ def _convert_processor(processor, config: HfMmLlavaConfig) -> HfMmLlavaProcessor
         chat_template=processor.chat_template,
         patch_size=config.vision_config.patch_size,
         num_additional_image_tokens=config.num_additional_image_tokens,
-        downsample_factor=config.image_downsample_factor,
+        bridge_type=config.bridge_type,
+        bridge_settings=config.bridge_settings(),
         image_token=processor.image_token,
     )
 

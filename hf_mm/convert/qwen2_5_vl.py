@@ -7,8 +7,6 @@ embedding hf_mm wraps with M-RoPE. transformers has already mapped a checkpoint'
 strict: a key that does not map fails instead of being dropped.
 """
 
-import os
-
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2Config
 
 from ..modeling.qwen2_5_vl import HfMmQwen2_5_ViTConfig
@@ -17,6 +15,7 @@ from ..modeling.qwen2_5_vl.modeling_qwen2_5_vl import HfMmQwen2_5_VLForCondition
 from ..processing.image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
 from ..processing.processing_qwen2_5_vl import HfMmQwen2_5_VLProcessor
 from ..tokens import prepare_qwen_tokenizer
+from .common import import_weights, load_source
 
 _RENAMES = (("model.visual.merger.", "model.bridge."), ("model.visual.", "model.vision_tower."))
 _VISION_FIELDS = (
@@ -29,13 +28,6 @@ _TEXT_FIELDS = (
     "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "initializer_range",
     "attention_dropout", "bos_token_id", "eos_token_id", "pad_token_id",
 )  # fmt: skip
-
-
-def _rename(key: str) -> str:
-    for old, new in _RENAMES:
-        if key.startswith(old):
-            return new + key[len(old) :]
-    return key
 
 
 def convert_config(source) -> HfMmQwen2_5_VLConfig:
@@ -65,20 +57,9 @@ def from_transformers_qwen2_5_vl(model_or_path, processor=None):
     With a path, the processor is built from the folder too: its tokenizer (Qwen's already has the vision tokens and
     chat template) and hf_mm's PIL image processor with the folder's sizes (transformers' needs torchvision).
     """
-    if isinstance(model_or_path, (str, os.PathLike)):
-        source = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_or_path)
-        processor = processor or _load_processor(model_or_path)
-    elif isinstance(model_or_path, Qwen2_5_VLForConditionalGeneration):
-        source = model_or_path
-    else:
-        raise TypeError(
-            f"model_or_path is a {type(model_or_path).__name__}; expected a Qwen2_5_VLForConditionalGeneration "
-            "or a path."
-        )
-    model = HfMmQwen2_5_VLForConditionalGeneration(convert_config(source.config)).to(source.dtype)
-    model.load_state_dict({_rename(k): v for k, v in source.state_dict().items()}, strict=True)
-    model.generation_config = source.generation_config
-    return model.eval(), processor
+    source, processor = load_source(model_or_path, Qwen2_5_VLForConditionalGeneration, processor, _load_processor)
+    model = HfMmQwen2_5_VLForConditionalGeneration(convert_config(source.config))
+    return import_weights(model, source, _RENAMES), processor
 
 
 def _load_processor(path) -> HfMmQwen2_5_VLProcessor | None:

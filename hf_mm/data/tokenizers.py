@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerFast
 EOS_TOKEN, PAD_TOKEN = "<|endoftext|>", "<pad>"
 EOS_ID, PAD_ID = 0, 1
 
-_CORPUS = [
+DEFAULT_CORPUS = [
     "a photo of a red square on a black background",
     "the image shows a blue circle next to a green triangle",
     "user: what colour is the shape? assistant: the shape is red.",
@@ -34,10 +34,10 @@ def tiny_tokenizer(corpus: list[str] | None = None, vocab_size: int = 320) -> Pr
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(corpus or _CORPUS, trainer=trainer)
+    tokenizer.train_from_iterator(corpus or DEFAULT_CORPUS, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, eos_token=EOS_TOKEN, bos_token=EOS_TOKEN, pad_token=PAD_TOKEN
     )
 
 
-__all__ = ["EOS_ID", "EOS_TOKEN", "PAD_ID", "PAD_TOKEN", "tiny_tokenizer"]
+__all__ = ["DEFAULT_CORPUS", "EOS_ID", "EOS_TOKEN", "PAD_ID", "PAD_TOKEN", "tiny_tokenizer"]

@@ -1,3 +1,3 @@
-from .bridges import BRIDGES, build_bridge
+from .bridges import BRIDGES, Bridge, build_bridge, get_bridge, register_bridge
 
-__all__ = ["BRIDGES", "build_bridge"]
+__all__ = ["BRIDGES", "Bridge", "build_bridge", "get_bridge", "register_bridge"]

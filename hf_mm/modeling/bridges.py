@@ -1,46 +1,92 @@
 """Prefix bridges: vision features in, LM-width tokens out.
 
 Every bridge maps `(B, N, D_vision)` patch features on a `(h, w)` grid to `(B, N_out, D_text)` tokens that the
-model scatters into the `<image>` placeholders of the LM input. One class per mechanism, chosen by name through
-`BRIDGES`; a bridge's settings are plain config fields, never flags threaded through constructors.
+model scatters into the `<image>` placeholders of the LM input. One class per mechanism, registered by name in
+`BRIDGES` (`register_bridge` adds one from outside the package). Each class owns its rules (`Bridge`):
+- its settings: `config_fields` maps the family config's fields to its constructor's keywords (a plug-in bridge
+  reads `config.bridge_kwargs` instead);
+- its tokens-per-image rule, `tokens_per_image(settings, h, w, prefix_tokens)`, which the processor uses to expand
+  `<image>` (no second copy of the rule anywhere);
+- its weight initialisation, `init_weights(std)`.
 
-Contract for every bridge:
-- `forward(image_features, grid_size)` takes `(B, N, D_in)` and the patch grid `(h, w)`, with `N == h * w` for
-  bridges that use the grid, and returns `(B, num_output_tokens(h, w), D_out)`.
-- The input is cast to the bridge's own weight dtype first: TRL's QLoRA path casts trainable parameters to bf16
-  while the frozen tower may still emit fp32.
-- `num_output_tokens(h, w)` is what the processor uses to expand `<image>`.
+Contract for `forward(image_features, grid_size)`: `(B, N, D_in)` features and the patch grid `(h, w)`, with
+`N == h * w` for bridges that use the grid, to `(B, tokens_per_image(...), D_out)`. The input is cast to the bridge's
+own weight dtype first: TRL's QLoRA path casts trainable parameters to bf16 while the frozen tower may still emit
+fp32.
 """
 
 from __future__ import annotations
 
-import inspect
+from typing import ClassVar
 
 import torch
 from torch import nn
+from transformers import initialization as init
 
 
-class LinearBridge(nn.Module):
+class Bridge(nn.Module):
+    """The base of every prefix bridge: `__init__(in_features, out_features, **settings)` plus the three rules."""
+
+    config_fields: ClassVar[dict[str, str]] = {}  # family config field -> constructor keyword
+
+    @classmethod
+    def settings(cls, config) -> dict:
+        """The constructor keywords for `config`: this bridge's fields of the family config, then the entries of
+        `config.bridge_kwargs` (how a plug-in bridge gets its settings)."""
+        own = {
+            keyword: getattr(config, field) for field, keyword in cls.config_fields.items() if hasattr(config, field)
+        }
+        return {**own, **(getattr(config, "bridge_kwargs", None) or {})}
+
+    @classmethod
+    def from_config(cls, config, in_features: int, out_features: int) -> Bridge:
+        return cls(in_features, out_features, **cls.settings(config))
+
+    @classmethod
+    def tokens_per_image(cls, settings: dict, height: int, width: int, prefix_tokens: int = 0) -> int:
+        """Tokens one image becomes for a `height` x `width` patch grid (plus the tower's kept CLS/register
+        tokens): one per patch unless a bridge says otherwise."""
+        return height * width + prefix_tokens
+
+    @torch.no_grad()
+    def init_weights(self, std: float) -> None:
+        """Every linear map N(0, std) with zero bias, as LLaVA's projector in transformers, so a fresh bridge emits
+        small features of the LM's embedding scale; LayerNorms at identity. Guarded: weights a checkpoint filled
+        are left alone."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                init.normal_(module.weight, mean=0.0, std=std)
+                if module.bias is not None:
+                    init.zeros_(module.bias)
+            elif isinstance(module, nn.MultiheadAttention):  # the packed q/k/v projection is no nn.Linear
+                init.normal_(module.in_proj_weight, mean=0.0, std=std)
+                init.zeros_(module.in_proj_bias)
+            elif isinstance(module, nn.LayerNorm):
+                init.ones_(module.weight)
+                init.zeros_(module.bias)
+
+
+class LinearBridge(Bridge):
     """LLaVA-1: one linear map from the vision width to the LM width."""
+
+    config_fields = {"bridge_bias": "bias"}
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, bias=bias)
 
-    @staticmethod
-    def num_output_tokens(height: int, width: int) -> int:
-        return height * width
-
     def forward(self, image_features: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         return self.linear(image_features.to(self.linear.weight.dtype))  # (B, N, D_text)
 
 
-class Mlp2xGeluBridge(nn.Module):
+class Mlp2xGeluBridge(Bridge):
     """LLaVA-1.5: Linear -> GELU (exact) -> Linear, the `mlp2x_gelu` projector.
 
     Parameter names `linear_1` / `linear_2` match transformers' `LlavaMultiModalProjector`, so converted
     checkpoints map one to one.
     """
+
+    config_fields = {"bridge_bias": "bias", "bridge_hidden_size": "hidden_size"}
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, hidden_size: int | None = None):
         super().__init__()
@@ -49,22 +95,20 @@ class Mlp2xGeluBridge(nn.Module):
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(hidden_size, out_features, bias=bias)
 
-    @staticmethod
-    def num_output_tokens(height: int, width: int) -> int:
-        return height * width
-
     def forward(self, image_features: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         hidden_states = self.linear_1(image_features.to(self.linear_1.weight.dtype))
         return self.linear_2(self.act(hidden_states))  # (B, N, D_text)
 
 
-class PixelShuffleBridge(nn.Module):
+class PixelShuffleBridge(Bridge):
     """Concatenate each s x s neighbourhood of patches, then an MLP (MiniGPT-v2, Idefics3, Kimi-VL, nanoVLM).
 
     The grid must divide by `factor` on both sides; the output has `N / s^2` tokens, each of width `s^2 * D_in`
     before the MLP. Neighbourhoods are read row-major within the block, so the concatenation order is
     (row 0: col 0, col 1, ..., row 1: ...), matching MiniGPT-v2's "4 adjacent tokens" for s = 2.
     """
+
+    config_fields = {"bridge_bias": "bias", "bridge_hidden_size": "hidden_size", "pixel_shuffle_factor": "factor"}
 
     def __init__(
         self, in_features: int, out_features: int, bias: bool = True, hidden_size: int | None = None, factor: int = 2
@@ -76,15 +120,18 @@ class PixelShuffleBridge(nn.Module):
         self.act = nn.GELU()
         self.linear_2 = nn.Linear(hidden_size, out_features, bias=bias)
 
-    def num_output_tokens(self, height: int, width: int) -> int:
-        self._check_grid(height, width)
-        return (height // self.factor) * (width // self.factor)
+    @classmethod
+    def tokens_per_image(cls, settings: dict, height: int, width: int, prefix_tokens: int = 0) -> int:
+        factor = settings.get("factor", 2)
+        cls.check_grid(factor, height, width)
+        return (height // factor) * (width // factor)
 
-    def _check_grid(self, height: int, width: int) -> None:
-        if height % self.factor or width % self.factor:
+    @staticmethod
+    def check_grid(factor: int, height: int, width: int) -> None:
+        if height % factor or width % factor:
             raise ValueError(
-                f"pixel_shuffle_factor={self.factor} does not divide the patch grid {height}x{width}. "
-                "Pick a factor that divides both sides, or change the image size."
+                f"pixel_shuffle_factor={factor} does not divide the patch grid {height}x{width}. Pick a factor that "
+                f"divides both sides, or resize images to a multiple of {factor} patches per side."
             )
 
     def forward(self, image_features: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -97,7 +144,7 @@ class PixelShuffleBridge(nn.Module):
                 f"PixelShuffleBridge got {num_patches} tokens for a {h}x{w} patch grid. The vision tower emits extra "
                 "(CLS/register) tokens: use vision_feature_select_strategy='default' to drop them."
             )
-        self._check_grid(h, w)
+        self.check_grid(s, h, w)
         x = image_features.view(batch, h // s, s, w // s, s, dim)  # (B, h/s, s, w/s, s, D)
         x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, (h // s) * (w // s), s * s * dim)  # (B, N/s^2, s^2 D)
         hidden_states = self.linear_1(x.to(self.linear_1.weight.dtype))
@@ -126,7 +173,7 @@ class PerceiverAttention(nn.Module):
         return self.to_out(out.transpose(1, 2).flatten(2))
 
 
-class PerceiverResampler(nn.Module):
+class PerceiverResampler(Bridge):
     """Flamingo's Perceiver Resampler (also BLIP-3 / xGen-MM's prefix bridge): `num_latents` learned latents read a
     variable number of vision tokens through `depth` blocks of [perceiver attention, feed-forward], each residual.
 
@@ -135,6 +182,9 @@ class PerceiverResampler(nn.Module):
     the vision width, and a final linear map takes them to `out_features` (None: no map, as in Flamingo, whose
     cross-attention reads the vision width).
     """
+
+    config_fields = {"perceiver_num_latents": "num_latents", "perceiver_depth": "depth",
+                     "perceiver_heads": "heads", "perceiver_head_dim": "head_dim"}  # fmt: skip
 
     def __init__(
         self,
@@ -162,8 +212,15 @@ class PerceiverResampler(nn.Module):
         self.norm = nn.LayerNorm(in_features)
         self.projection = nn.Linear(in_features, out_features) if out_features is not None else nn.Identity()
 
-    def num_output_tokens(self, height: int = 0, width: int = 0) -> int:
-        return self.latents.shape[0]
+    @classmethod
+    def tokens_per_image(cls, settings: dict, height: int, width: int, prefix_tokens: int = 0) -> int:
+        return settings.get("num_latents", 64)  # a fixed count, whatever the image
+
+    @torch.no_grad()
+    def init_weights(self, std: float) -> None:
+        super().init_weights(std)
+        init.normal_(self.latents)  # N(0, 1), as Flamingo's latents and time embeddings
+        init.normal_(self.frame_embeddings)
 
     def forward(self, image_features: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         x = image_features.to(self.latents.dtype)
@@ -194,7 +251,7 @@ def sincos_2d(dim: int, height: int, width: int) -> torch.Tensor:
     return torch.cat([encode(rows.flatten()), encode(cols.flatten())], dim=1).float()  # (h * w, dim)
 
 
-class QwenAdapterBridge(nn.Module):
+class QwenAdapterBridge(Bridge):
     """Qwen-VL's adapter: `num_queries` learned queries read the patch features through one cross-attention layer,
     with 2D sin-cos absolute positions added to the queries (a sqrt(n) x sqrt(n) grid) and to the keys (the patch
     grid), then LayerNorm and a linear map. A fixed number of tokens per image, whatever its size (Qwen-VL: 256).
@@ -202,6 +259,8 @@ class QwenAdapterBridge(nn.Module):
     Attention runs at the LM width (`out_features`), as in Qwen-VL, where the features are first projected
     (`kv_proj`). Tokens the tower keeps before its patches (CLS, registers) get no position.
     """
+
+    config_fields = {"adapter_num_queries": "num_queries", "adapter_heads": "heads"}
 
     def __init__(self, in_features: int, out_features: int, num_queries: int = 256, heads: int = 8):
         super().__init__()
@@ -220,8 +279,14 @@ class QwenAdapterBridge(nn.Module):
         # The positions are recomputed in forward rather than kept as a buffer: transformers re-initialises a module
         # with a buffer missing from the checkpoint, which would reset the loaded queries.
 
-    def num_output_tokens(self, height: int = 0, width: int = 0) -> int:
-        return self.query.shape[0]
+    @classmethod
+    def tokens_per_image(cls, settings: dict, height: int, width: int, prefix_tokens: int = 0) -> int:
+        return settings.get("num_queries", 256)  # a fixed count, whatever the image
+
+    @torch.no_grad()
+    def init_weights(self, std: float) -> None:
+        super().init_weights(std)
+        init.normal_(self.query, std=0.02)  # Qwen-VL: trunc_normal(0.02)
 
     def forward(self, image_features: torch.Tensor, grid_size: tuple[int, int] | None = None) -> torch.Tensor:
         x = self.ln_kv(self.kv_proj(image_features.to(self.kv_proj.weight.dtype)))  # (B, N, D)
@@ -237,7 +302,7 @@ class QwenAdapterBridge(nn.Module):
         return self.proj(self.ln_post(out))  # (B, n, D_text)
 
 
-BRIDGES: dict[str, type[nn.Module]] = {
+BRIDGES: dict[str, type[Bridge]] = {
     "linear": LinearBridge,
     "mlp2x_gelu": Mlp2xGeluBridge,
     "pixel_shuffle": PixelShuffleBridge,
@@ -246,14 +311,30 @@ BRIDGES: dict[str, type[nn.Module]] = {
 }
 
 
-def build_bridge(bridge_type: str, in_features: int, out_features: int, **settings) -> nn.Module:
-    """Instantiate the bridge registered under `bridge_type`.
+def register_bridge(name: str, cls: type[Bridge]) -> type[Bridge]:
+    """Make `cls` available as `bridge_type=name` (configs, composition, processors, the training CLI). A model
+    saved with it loads wherever the registering module has been imported."""
+    if not (isinstance(cls, type) and issubclass(cls, Bridge)):
+        raise TypeError(
+            f"register_bridge({name!r}, ...) needs a subclass of hf_mm.modeling.bridges.Bridge, got {cls!r}."
+        )
+    if name in BRIDGES and BRIDGES[name] is not cls:
+        raise ValueError(f"bridge_type={name!r} is already registered to {BRIDGES[name].__name__}.")
+    BRIDGES[name] = cls
+    return cls
 
-    `settings` holds every bridge setting of the family config; each bridge receives only the ones its constructor
-    names, so a config can carry `pixel_shuffle_factor` without the linear bridge having to accept it.
-    """
+
+def get_bridge(bridge_type: str) -> type[Bridge]:
     if bridge_type not in BRIDGES:
-        raise ValueError(f"Unknown bridge_type={bridge_type!r}. Allowed: {sorted(BRIDGES)}.")
-    cls = BRIDGES[bridge_type]
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(in_features, out_features, **{k: v for k, v in settings.items() if k in accepted})
+        raise ValueError(
+            f"Unknown bridge_type={bridge_type!r}. Allowed: {sorted(BRIDGES)} (hf_mm.register_bridge adds one)."
+        )
+    return BRIDGES[bridge_type]
+
+
+def build_bridge(config, in_features: int, out_features: int) -> Bridge:
+    """The bridge `config.bridge_type` names, built from its own settings in `config`."""
+    return get_bridge(config.bridge_type).from_config(config, in_features, out_features)
+
+
+__all__ = ["BRIDGES", "Bridge", "build_bridge", "get_bridge", "register_bridge", "sincos_2d"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
 
+from ..tokens import set_pad_token
 from .inputs import prepare_images
 
 
@@ -17,10 +18,8 @@ class HfMmClipProcessor(ProcessorMixin):
     r"""image_processor: the vision tower's image processor. tokenizer: the text tower's tokenizer."""
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
-        if tokenizer is not None and tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ValueError("The tokenizer has neither a pad token nor an eos token; set tokenizer.pad_token.")
-            tokenizer.pad_token = tokenizer.eos_token
+        if tokenizer is not None:
+            set_pad_token(tokenizer)
         super().__init__(image_processor, tokenizer, **kwargs)
 
     @classmethod

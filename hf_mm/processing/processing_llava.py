@@ -1,7 +1,7 @@
 """HfMmLlavaProcessor: the vision tower's image processor + the LM's tokenizer + `<image>` + a chat template.
 
 The processor expands each `<image>` into exactly the number of tokens the bridge emits for that image:
-`(H / patch) * (W / patch) / downsample_factor^2 + num_additional_image_tokens`, read from the processed pixels.
+the bridge class's own rule (`tokens_per_image`) on the patch grid of the processed pixels.
 The model scatters the bridge outputs into those positions; any mismatch fails loudly on both sides.
 
 Choices written down:
@@ -19,6 +19,7 @@ import re
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, ProcessorMixin
 from transformers.image_utils import get_image_size, to_numpy_array
 
+from ..modeling.bridges import get_bridge
 from ..modeling.llava.configuration_llava import HfMmLlavaConfig
 from ..modeling.towers import load_vision_config
 from ..tokens import IMAGE_TOKEN, default_chat_template, prepare_tokenizer
@@ -30,8 +31,10 @@ class HfMmLlavaProcessor(ProcessorMixin):
     image_processor: the vision tower's image processor. tokenizer: the LM's tokenizer (with `<image>`).
     patch_size: the vision tower's patch size.
     num_additional_image_tokens: tokens per image beyond the patch grid (CLS/registers kept by `full`).
-    downsample_factor: side of the patch neighbourhood the bridge merges into one token (pixel shuffle), else 1.
-    fixed_image_tokens: tokens per image for bridges that emit a fixed count (`perceiver`), else None.
+    bridge_type / bridge_settings: the model's bridge and its constructor settings; the bridge class's own
+        `tokens_per_image` rule gives each image's placeholder count.
+    fixed_image_tokens: one count for every image, overriding the bridge's rule (Flamingo's single marker).
+    downsample_factor: read from processors saved before `bridge_type` was stored (a pixel-shuffle factor).
     """
 
     def __init__(
@@ -41,15 +44,20 @@ class HfMmLlavaProcessor(ProcessorMixin):
         chat_template=None,
         patch_size: int = 14,
         num_additional_image_tokens: int = 0,
-        downsample_factor: int = 1,
+        bridge_type: str | None = None,
+        bridge_settings: dict | None = None,
         image_token: str = IMAGE_TOKEN,
         fixed_image_tokens: int | None = None,
+        downsample_factor: int | None = None,
         **kwargs,
     ):
+        if bridge_type is None:  # saved before the bridge was stored: a factor > 1 was pixel shuffle's
+            factor = downsample_factor or 1
+            bridge_type, bridge_settings = ("pixel_shuffle", {"factor": factor}) if factor > 1 else ("linear", {})
+        self.bridge_type, self.bridge_settings = bridge_type, dict(bridge_settings or {})
         self.fixed_image_tokens = fixed_image_tokens
         self.patch_size = patch_size
         self.num_additional_image_tokens = num_additional_image_tokens
-        self.downsample_factor = downsample_factor
         self.image_token = image_token
         if image_token not in tokenizer.get_vocab():
             raise ValueError(
@@ -89,22 +97,17 @@ class HfMmLlavaProcessor(ProcessorMixin):
             chat_template=chat_template,
             patch_size=config.vision_config.patch_size,
             num_additional_image_tokens=config.num_additional_image_tokens,
-            downsample_factor=config.image_downsample_factor,
-            fixed_image_tokens=config.fixed_image_tokens,
+            bridge_type=config.bridge_type,
+            bridge_settings=config.bridge_settings(),
         )
 
     def num_image_tokens(self, height: int, width: int) -> int:
         """Placeholders for one processed image of `height` x `width` pixels."""
         if self.fixed_image_tokens is not None:
             return self.fixed_image_tokens
-        grid_h, grid_w = height // self.patch_size, width // self.patch_size
-        s = self.downsample_factor
-        if grid_h % s or grid_w % s:
-            raise ValueError(
-                f"The {grid_h}x{grid_w} patch grid of a {height}x{width} image does not divide by the bridge's "
-                f"downsample_factor={s}. Resize images to a multiple of {self.patch_size * s} pixels."
-            )
-        return (grid_h // s) * (grid_w // s) + self.num_additional_image_tokens
+        rule = get_bridge(self.bridge_type).tokens_per_image
+        grid = (height // self.patch_size, width // self.patch_size)
+        return rule(self.bridge_settings, *grid, self.num_additional_image_tokens)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         height, width = get_image_size(to_numpy_array(image_inputs["pixel_values"][image_idx]))

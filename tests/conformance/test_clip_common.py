@@ -3,20 +3,11 @@ modelled on transformers' tests/models/clip CLIPModelTest. Skips are transformer
 
 import unittest
 
-from transformers import CLIPTextConfig
-
-from hf_mm import HfMmClipConfig, HfMmClipModel
-from hf_mm import testing as T
+from hf_mm import HfMmClipModel
+from tests.conformance.testers import tiny_clip_config
 
 from .sdist import common_tests
 from .testers import DualEncoderTester, declare_auto_classes, skip_mixin_tests
-
-
-def tiny_clip_config() -> HfMmClipConfig:
-    text = CLIPTextConfig(vocab_size=T.TEXT_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=2, max_position_embeddings=64, bos_token_id=0, eos_token_id=0)  # fmt: skip
-    return HfMmClipConfig(vision_config=T.tiny_vision_config("clip"), text_config=text, projection_dim=24)
-
 
 common = common_tests()
 declare_auto_classes(common, tiny_clip_config())

@@ -18,8 +18,7 @@ from hf_mm import testing as T
 from hf_mm.modeling.qwen2_5_vl import HfMmQwen2_5_VLForConditionalGeneration
 from hf_mm.modeling.qwen2_5_vl.configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig
 
-from .test_clip_common import tiny_clip_config
-from .testers import DualEncoderTester, generative_cases
+from .testers import DualEncoderTester, generative_cases, tiny_clip_config
 
 CASES = generative_cases()
 

@@ -15,8 +15,7 @@ import torch
 from hf_mm import HfMmClipModel
 
 from .sdist import common_tests
-from .test_clip_common import tiny_clip_config
-from .testers import DualEncoderTester, generative_cases
+from .testers import DualEncoderTester, generative_cases, tiny_clip_config
 
 CASES = generative_cases()
 FAMILIES = sorted(CASES)

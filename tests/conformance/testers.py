@@ -7,6 +7,8 @@ pixels for those images. hf_mm refuses placeholders without pixels, so every inp
 
 import torch
 
+from hf_mm.testing import tiny_clip_config  # noqa: F401  (the conformance modules import it from here)
+
 IGNORE_IDS = 8  # ids below this are special in the tiny tokenizer (eos 0, pad 1) and never drawn as text
 
 

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from hf_mm import HfMmClipProcessor, from_transformers_clip
 from hf_mm import testing as T
 from hf_mm.eval import embed_texts, retrieval_recall, zero_shot_classifier
-from tests.modeling.test_clip import tiny_clip
+from tests.modeling.helpers import tiny_clip
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ from transformers import (
     BertConfig,
     BertModel,
     CLIPConfig,
-    CLIPModel,
     CLIPProcessor,
     SiglipConfig,
     SiglipModel,
@@ -20,14 +19,9 @@ from transformers import (
 
 from hf_mm import HfMmClipConfig, HfMmClipModel, HfMmClipProcessor, from_transformers_clip, from_transformers_siglip
 from hf_mm import testing as T
+from tests.modeling.helpers import TEXT, tiny_clip
 
-TEXT = dict(vocab_size=T.TEXT_VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2)
 TEXT.update(num_attention_heads=2, bos_token_id=T.EOS_ID, eos_token_id=T.EOS_ID, pad_token_id=T.PAD_ID)
-
-
-def tiny_clip() -> CLIPModel:
-    config = CLIPConfig(vision_config=T.tiny_vision_config("clip").to_dict(), text_config=TEXT, projection_dim=24)
-    return CLIPModel(config).eval()
 
 
 def tiny_siglip() -> SiglipModel:

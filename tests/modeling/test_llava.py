@@ -1,5 +1,4 @@
 import itertools
-import re
 
 import pytest
 import torch
@@ -9,29 +8,13 @@ import hf_mm
 from hf_mm import HfMmLlavaConfig, HfMmLlavaForConditionalGeneration
 from hf_mm import testing as T
 from tests.mixin import VLMModelTestMixin
+from tests.modeling.helpers import PAIRS, UNUSED_TOWER_PARTS, make_case
 
-PAIRS = [("clip", "llama"), ("siglip", "qwen2"), ("vit", "gpt2"), ("dinov2", "opt")]
-UNUSED_TOWER_PARTS = re.compile(
-    r"^model\.vision_tower\.(vision_model\.)?(post_layernorm|layernorm|pooler|head|embeddings\.mask_token)\b"
-)
-CASES = [(v, t, b) for (v, t), b in itertools.product(PAIRS, sorted(hf_mm.BRIDGES))]
-
-
-def batch_inputs(processor, images_per_sample=(2, 1), seed=0):
-    """A left-padded batch: sample 0 has `images_per_sample[0]` images, sample 1 the rest, texts of unequal length."""
-    texts = [
-        "<image>" * images_per_sample[0] + "compare the two pictures in detail please",
-        "<image>" * images_per_sample[1] + "what is it?",
-    ]
-    processor.tokenizer.padding_side = "left"
-    images = T.random_images(sum(images_per_sample), seed=seed)
-    return dict(processor(images=images, text=texts, padding=True, return_tensors="pt"))
-
-
-def make_case(vision, text, bridge, **config_kwargs):
-    config = T.tiny_llava_config(vision, text, bridge, **config_kwargs)
-    processor = T.tiny_llava_processor(config, vision)
-    return config, processor, batch_inputs(processor)
+# The built-in bridges (a test may register a plug-in bridge in hf_mm.BRIDGES).
+CASES = [
+    (v, t, b)
+    for (v, t), b in itertools.product(PAIRS, ("linear", "mlp2x_gelu", "perceiver", "pixel_shuffle", "qwen_adapter"))
+]
 
 
 @pytest.mark.parametrize("case", CASES, ids=["-".join(c) for c in CASES])
@@ -117,7 +100,7 @@ def test_bridge_init_ran():
 
 
 def test_bridge_casts_its_input_to_its_weight_dtype():
-    bridge = hf_mm.modeling.build_bridge("pixel_shuffle", 8, 16).to(torch.bfloat16)
+    bridge = hf_mm.modeling.get_bridge("pixel_shuffle")(8, 16).to(torch.bfloat16)
     assert bridge(torch.randn(2, 16, 8), grid_size=(4, 4)).dtype == torch.bfloat16
 
 
@@ -145,7 +128,7 @@ def test_pixel_shuffle_rejects_kept_prefix_tokens_and_odd_grids():
         T.tiny_llava_config("clip", "llama", "pixel_shuffle", vision_feature_select_strategy="full")
     T.tiny_llava_config("siglip", "llama", "pixel_shuffle", vision_feature_select_strategy="full")  # no prefix: fine
     with pytest.raises(ValueError, match="emits extra .*vision_feature_select_strategy='default'"):
-        hf_mm.modeling.build_bridge("pixel_shuffle", 8, 16)(torch.randn(1, 17, 8), grid_size=(4, 4))
-    bridge = hf_mm.modeling.build_bridge("pixel_shuffle", 8, 16, factor=2)
+        hf_mm.modeling.get_bridge("pixel_shuffle")(8, 16)(torch.randn(1, 17, 8), grid_size=(4, 4))
+    bridge = hf_mm.modeling.get_bridge("pixel_shuffle")(8, 16, factor=2)
     with pytest.raises(ValueError, match="does not divide the patch grid 3x3"):
         bridge(torch.randn(1, 9, 8), grid_size=(3, 3))

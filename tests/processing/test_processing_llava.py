@@ -33,11 +33,11 @@ def test_expands_each_image_to_the_bridge_token_count(bridge, strategy, expected
 
 def test_perceiver_bridge_emits_a_fixed_count_whatever_the_image_size(tmp_path):
     """BLIP-3's prefix bridge: num_latents tokens per image, for any number of vision tokens in."""
-    bridge = hf_mm.modeling.build_bridge("perceiver", 8, 16, num_latents=5, depth=1, heads=2, head_dim=4)
+    bridge = hf_mm.modeling.get_bridge("perceiver")(8, 16, num_latents=5, depth=1, heads=2, head_dim=4)
     for tokens in (4, 17, 64):
         assert bridge(torch.randn(2, tokens, 8)).shape == (2, 5, 16)
     config, processor = processor_for("perceiver", perceiver_num_latents=6)
-    assert config.fixed_image_tokens == 6 and processor.num_image_tokens(224, 448) == 6
+    assert config.tokens_per_image(16, 32) == 6 and processor.num_image_tokens(224, 448) == 6
     processor.save_pretrained(tmp_path)
     reloaded = HfMmLlavaProcessor.from_pretrained(tmp_path)
     inputs = reloaded(images=T.random_images(1), text="<image> what?")
@@ -100,7 +100,12 @@ def test_save_and_load_keep_template_and_counts(tmp_path):
     assert (tmp_path / "chat_template.jinja").exists()
     loaded = HfMmLlavaProcessor.from_pretrained(tmp_path)
     assert loaded.chat_template == processor.chat_template
-    assert (loaded.patch_size, loaded.downsample_factor, loaded.image_token_id) == (8, 2, config.image_token_id)
+    assert (loaded.patch_size, loaded.bridge_type, loaded.image_token_id) == (
+        8,
+        "pixel_shuffle",
+        config.image_token_id,
+    )
+    assert loaded.bridge_settings == config.bridge_settings() and loaded.bridge_settings["factor"] == 2
     text = ["<image> hi"]
     images = T.random_images(1)
     assert loaded(images=images, text=text)["input_ids"] == processor(images=images, text=text)["input_ids"]
@@ -134,7 +139,7 @@ def test_qwen_adapter_reads_positions_and_emits_its_query_count():
     from hf_mm.modeling.bridges import sincos_2d
 
     torch.manual_seed(0)
-    bridge = hf_mm.modeling.build_bridge("qwen_adapter", 8, 16, num_queries=4, heads=2)
+    bridge = hf_mm.modeling.get_bridge("qwen_adapter")(8, 16, num_queries=4, heads=2)
     for side in (2, 4, 7):  # any patch grid in, 4 tokens out
         assert bridge(torch.randn(2, side * side, 8), grid_size=(side, side)).shape == (2, 4, 16)
     features = torch.randn(1, 16, 8)
@@ -145,8 +150,25 @@ def test_qwen_adapter_reads_positions_and_emits_its_query_count():
     pos = sincos_2d(8, 3, 5)  # rows in the first half of the channels, columns in the second
     assert pos.shape == (15, 8) and torch.equal(pos[0, :4], pos[4, :4]) and not torch.equal(pos[0, 4:], pos[4, 4:])
     with pytest.raises(ValueError, match="adapter_num_queries=5 must be a square"):
-        hf_mm.modeling.build_bridge("qwen_adapter", 8, 16, num_queries=5)
+        hf_mm.modeling.get_bridge("qwen_adapter")(8, 16, num_queries=5)
     with pytest.raises(ValueError, match="adapter_heads=3 must divide the LM width 16"):
-        hf_mm.modeling.build_bridge("qwen_adapter", 8, 16, num_queries=4, heads=3)
+        hf_mm.modeling.get_bridge("qwen_adapter")(8, 16, num_queries=4, heads=3)
     config, processor = processor_for("qwen_adapter")
-    assert config.fixed_image_tokens == 9 and processor.num_image_tokens(224, 448) == 9
+    assert config.tokens_per_image(16, 32) == 9 and processor.num_image_tokens(224, 448) == 9
+
+
+def test_a_processor_saved_before_bridges_owned_their_rule_still_counts_the_same(tmp_path):
+    """processor_config.json files written before `bridge_type` was stored carry `downsample_factor` or
+    `fixed_image_tokens`; they load with the counts they had."""
+    import json
+
+    for legacy, bridge, expected in [({"downsample_factor": 2}, "pixel_shuffle", 4), ({"fixed_image_tokens": 6}, "perceiver", 6),
+                                     ({"downsample_factor": 1}, "mlp2x_gelu", 16)]:  # fmt: skip
+        _, processor = processor_for(bridge, perceiver_num_latents=6)
+        processor.save_pretrained(tmp_path / bridge)
+        path = tmp_path / bridge / "processor_config.json"
+        saved = json.loads(path.read_text())
+        for key in ("bridge_type", "bridge_settings", "fixed_image_tokens"):
+            saved.pop(key, None)
+        path.write_text(json.dumps({**saved, **legacy}))
+        assert HfMmLlavaProcessor.from_pretrained(tmp_path / bridge).num_image_tokens(32, 32) == expected

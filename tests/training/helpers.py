@@ -1,8 +1,12 @@
-"""Shared by the frozen-LM learning checks (BLIP-2 stage 2, Flamingo): a short CPU `align` run on TRL's SFTTrainer."""
+"""Builders the training tests share (test modules import no fixtures from each other): a short CPU `align` run
+on TRL's SFTTrainer for the frozen-LM learning checks, CPU flags for the CLI, tiny SFT / DPO data and configs."""
 
-from trl import SFTConfig
+import PIL.Image
+from datasets import Dataset
+from trl import DPOConfig, ModelConfig, SFTConfig
 
 from hf_mm.data import synthetic
+from hf_mm.testing import random_images, tiny_llava_config
 from hf_mm.training.setup import prepare_model
 from hf_mm.training.sft import HfMmSFTTrainer
 
@@ -19,3 +23,96 @@ def train_align(model, processor, samples: list[dict], output_dir, steps: int = 
     train = synthetic.to_dataset(samples)
     HfMmSFTTrainer(model=model, args=args, processing_class=processor, train_dataset=train, stage="align").train()
     return model
+
+
+CPU = [
+    "--bf16",
+    "false",
+    "--dtype",
+    "float32",
+    "--report_to",
+    "none",
+    "--save_strategy",
+    "no",
+    "--disable_tqdm",
+    "true",
+]
+
+
+TINY_DATA = ["--dataset_format", "synthetic", "--synthetic_train_samples", "8", "--synthetic_eval_samples", "0"]
+
+
+TINY_DATA += ["--synthetic_image_size", "32", "--max_steps", "2", "--per_device_train_batch_size", "2"]
+
+
+CONFIG = tiny_llava_config(vision_feature_layer=-1)
+
+
+LORA = ModelConfig(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
+
+
+def colour_dataset(n: int = 8) -> Dataset:
+    images = random_images(n, seed=1)
+    rows = []
+    for i, image in enumerate(images):
+        question = [{"type": "image"}, {"type": "text", "text": "what colour?"}]
+        answer = [{"type": "text", "text": ["red", "blue"][i % 2]}]
+        rows.append(
+            {
+                "images": [image],
+                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def sft_args(tmp_path, **kwargs) -> SFTConfig:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to=[],
+        bf16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        max_length=128,
+        seed=0,
+        disable_tqdm=True,
+    )
+    return SFTConfig(**{**defaults, **kwargs})
+
+
+def preference_dataset(n: int = 8) -> Dataset:
+    # Solid red or blue images; the preferred answer names the image's colour, so the preference needs the image.
+    rows = []
+    for i in range(n):
+        good, bad = ("red", "blue") if i % 2 else ("blue", "red")
+        image = PIL.Image.new("RGB", (32, 32), good)
+        rows.append(
+            {
+                "images": [image],
+                "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "colour?"}]}],
+                "chosen": [{"role": "assistant", "content": [{"type": "text", "text": good}]}],
+                "rejected": [{"role": "assistant", "content": [{"type": "text", "text": bad}]}],
+            }
+        )
+    return Dataset.from_list(rows)
+
+
+def dpo_args(tmp_path, **kwargs) -> DPOConfig:
+    defaults = dict(
+        output_dir=str(tmp_path / "dpo"),
+        per_device_train_batch_size=4,
+        learning_rate=5e-3,
+        logging_steps=1,
+        report_to=[],
+        bf16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        max_length=128,
+        seed=0,
+        disable_tqdm=True,
+        beta=0.1,
+    )
+    return DPOConfig(**{**defaults, **kwargs})

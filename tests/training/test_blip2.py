@@ -29,8 +29,7 @@ from hf_mm.processing import HfMmBlip2Processor, prepare_tokenizer
 from hf_mm.training.contrastive import HfMmContrastiveTrainer
 from hf_mm.training.qformer import QFormerCollator, evaluate_stage1
 from hf_mm.training.setup import prepare_model
-from tests.training.helpers import train_align
-from tests.training.test_cli import CPU, TINY_DATA
+from tests.training.helpers import CPU, TINY_DATA, train_align
 
 CHANCE = 0.1
 
@@ -72,7 +71,7 @@ def test_stage1_then_stage2_recipes_run_and_load(tmp_path, capsys):
 
 
 def _qformer_tokenizer(train_pairs):
-    return T.tiny_tokenizer(corpus=[pair["text"] for pair in train_pairs[:500]] + T._CORPUS, vocab_size=300)
+    return T.tiny_tokenizer(corpus=[pair["text"] for pair in train_pairs[:500]] + T.DEFAULT_CORPUS, vocab_size=300)
 
 
 @pytest.fixture(scope="module")

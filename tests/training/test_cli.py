@@ -19,23 +19,10 @@ from hf_mm.training.data_args import DataArguments
 from hf_mm.training.qformer import QFormerArguments
 from hf_mm.training.setup import HfMmArguments
 from hf_mm.training.stages import STAGES
+from tests.training.helpers import CPU, TINY_DATA
 
 RECIPES = sorted(pathlib.Path(__file__).parents[2].joinpath("recipes").glob("*.yaml"))
 # CPU overrides for the GPU recipes, and a few steps on the synthetic suite.
-CPU = [
-    "--bf16",
-    "false",
-    "--dtype",
-    "float32",
-    "--report_to",
-    "none",
-    "--save_strategy",
-    "no",
-    "--disable_tqdm",
-    "true",
-]
-TINY_DATA = ["--dataset_format", "synthetic", "--synthetic_train_samples", "8", "--synthetic_eval_samples", "0"]
-TINY_DATA += ["--synthetic_image_size", "32", "--max_steps", "2", "--per_device_train_batch_size", "2"]
 
 
 def parse(recipe: pathlib.Path):

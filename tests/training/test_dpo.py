@@ -1,11 +1,8 @@
 """DPO on TRL's DPOTrainer: the chosen-vs-rejected reward margin rises; over-long pairs are dropped, never cut."""
 
-import PIL.Image
 import pytest
 import torch
-from datasets import Dataset
 from transformers import BitsAndBytesConfig, LlamaForCausalLM
-from trl import DPOConfig
 
 from hf_mm import HfMmLlavaForConditionalGeneration
 from hf_mm.testing import (
@@ -17,45 +14,10 @@ from hf_mm.testing import (
 )
 from hf_mm.training.dpo import HfMmDPOTrainer, VisionPreferenceCollator
 from hf_mm.training.setup import HfMmArguments, prepare_model, resolve_stage
-from tests.training.test_sft import LORA
+from tests.training.helpers import LORA, dpo_args, preference_dataset
 
 CONFIG = tiny_llava_config(vision_feature_layer=-1)
 PROCESSOR = tiny_llava_processor(CONFIG)
-
-
-def preference_dataset(n: int = 8) -> Dataset:
-    # Solid red or blue images; the preferred answer names the image's colour, so the preference needs the image.
-    rows = []
-    for i in range(n):
-        good, bad = ("red", "blue") if i % 2 else ("blue", "red")
-        image = PIL.Image.new("RGB", (32, 32), good)
-        rows.append(
-            {
-                "images": [image],
-                "prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "colour?"}]}],
-                "chosen": [{"role": "assistant", "content": [{"type": "text", "text": good}]}],
-                "rejected": [{"role": "assistant", "content": [{"type": "text", "text": bad}]}],
-            }
-        )
-    return Dataset.from_list(rows)
-
-
-def dpo_args(tmp_path, **kwargs) -> DPOConfig:
-    defaults = dict(
-        output_dir=str(tmp_path / "dpo"),
-        per_device_train_batch_size=4,
-        learning_rate=5e-3,
-        logging_steps=1,
-        report_to=[],
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        max_length=128,
-        seed=0,
-        disable_tqdm=True,
-        beta=0.1,
-    )
-    return DPOConfig(**{**defaults, **kwargs})
 
 
 @pytest.mark.parametrize("use_peft, lr", [(False, 5e-3), (True, 2e-2)], ids=["full", "lora"])

@@ -16,8 +16,7 @@ from hf_mm.cli import main
 from hf_mm.data import synthetic
 from hf_mm.eval import evaluate, predict
 from hf_mm.processing import prepare_flamingo_tokenizer
-from tests.training.helpers import train_align
-from tests.training.test_cli import CPU, TINY_DATA
+from tests.training.helpers import CPU, TINY_DATA, train_align
 
 COUNT_WORDS = ("no circles", "one circle", "two circles", "three circles")
 

@@ -16,8 +16,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from tests.conformance.testers import PrefixVLMTester, QwenVLTester
-from tests.training.test_dpo import dpo_args, preference_dataset
-from tests.training.test_sft import CONFIG, sft_args
+from tests.training.helpers import CONFIG, dpo_args, preference_dataset, sft_args
 
 STEP = dict(learning_rate=0.5, optim="sgd", max_grad_norm=0.0, lr_scheduler_type="constant", max_steps=1, seed=0)
 STEP.update(logging_steps=1, report_to=[], save_strategy="no", disable_tqdm=True, use_cpu=True)

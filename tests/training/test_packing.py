@@ -12,7 +12,7 @@ from hf_mm.data import synthetic
 from hf_mm.modeling.qwen2_5_vl.mrope import mrope_position_ids, packed_mrope_position_ids
 from hf_mm.training.collators import IGNORE_INDEX, VisionSFTCollator
 from hf_mm.training.packing import VisionPackingCollator, best_fit_decreasing
-from tests.training.test_cli import CPU, TINY_DATA
+from tests.training.helpers import CPU, TINY_DATA
 
 
 def _samples(multi_image: bool) -> list[dict]:

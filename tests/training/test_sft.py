@@ -8,58 +8,20 @@ import sys
 
 import pytest
 import torch
-from datasets import Dataset
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText, BitsAndBytesConfig, TrainerCallback
-from trl import ModelConfig, SFTConfig
 
 from hf_mm import HfMmLlavaForConditionalGeneration
 from hf_mm.roles import role_parameters
 from hf_mm.testing import (
-    random_images,
     save_tiny_causal_lm,
     save_tiny_vision_tower,
-    tiny_llava_config,
     tiny_llava_processor,
 )
 from hf_mm.training.collators import VisionSFTCollator
 from hf_mm.training.setup import HfMmArguments, prepare_model, resolve_stage
 from hf_mm.training.sft import HfMmSFTTrainer
-
-CONFIG = tiny_llava_config(vision_feature_layer=-1)
-LORA = ModelConfig(use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0)
-
-
-def colour_dataset(n: int = 8) -> Dataset:
-    images = random_images(n, seed=1)
-    rows = []
-    for i, image in enumerate(images):
-        question = [{"type": "image"}, {"type": "text", "text": "what colour?"}]
-        answer = [{"type": "text", "text": ["red", "blue"][i % 2]}]
-        rows.append(
-            {
-                "images": [image],
-                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-            }
-        )
-    return Dataset.from_list(rows)
-
-
-def sft_args(tmp_path, **kwargs) -> SFTConfig:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        max_length=128,
-        seed=0,
-        disable_tqdm=True,
-    )
-    return SFTConfig(**{**defaults, **kwargs})
+from tests.training.helpers import CONFIG, LORA, colour_dataset, sft_args
 
 
 def train(model, tmp_path, stage, steps=4, **kwargs):

@@ -13,7 +13,7 @@ from hf_mm.training.stages import (
     modules_to_save,
     param_groups,
 )
-from tests.modeling.test_llava import UNUSED_TOWER_PARTS, make_case
+from tests.modeling.helpers import UNUSED_TOWER_PARTS, make_case
 
 
 def tiny_model():

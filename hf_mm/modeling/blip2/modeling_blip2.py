@@ -467,38 +467,15 @@ class HfMmBlip2ForImageTextRetrieval(HfMmBlip2PreTrainedModel):
                 f"Stage-1 losses need one caption per image: got {pixel_values.shape[0]} images and "
                 f"{input_ids.shape[0]} captions. Pass matched pairs, or call without return_loss."
             )
-        batch = input_ids.shape[0]
-        ids = torch.arange(batch, device=input_ids.device) if image_ids is None else image_ids.to(input_ids.device)
-        positives = ids[:, None] == ids[None, :]  # (B, B)
-
-        # ITC: one pass with the uni-modal mask yields both streams, which never see each other.
-        q = self.config.num_query_tokens
-        hidden = self.bridge.encode(features, input_ids, attention_mask, mode="unimodal")  # (B, Q + T, H)
-        image_embeds = F.normalize(self.visual_projection(hidden[:, :q]), dim=-1)  # (B, Q, D)
-        text_embeds = F.normalize(self.text_projection(hidden[:, q]), dim=-1)  # (B, D)
-        scale = self.logit_scale.clamp(*LOGIT_SCALE_RANGE).exp()
-        logits = self.similarity(image_embeds, text_embeds) * scale  # (B, B)
-        targets = positives.float() / positives.sum(1, keepdim=True)
-        itc = [F.cross_entropy(x, targets, label_smoothing=LABEL_SMOOTHING) for x in (logits, logits.t())]
-        loss_itc = (itc[0] + itc[1]) / 2  # `positives` is symmetric, so the targets serve both directions
-
-        # ITM: positives, plus one hard negative text per image and one hard negative image per text.
-        negative_text, negative_image = hard_negatives(logits.detach(), positives)
-        itm_logits = self._itm_logits(
-            torch.cat([features, features, features[negative_image]]),
-            torch.cat([input_ids, input_ids[negative_text], input_ids]),
-            torch.cat([attention_mask, attention_mask[negative_text], attention_mask]),
-        )  # (3B, 2)
-        itm_labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(itm_logits.device)
-        loss_itm = F.cross_entropy(itm_logits, itm_labels)
-
-        # ITG: captions generated from the queries through the causal multimodal mask.
-        hidden = self.bridge.encode(features, input_ids, attention_mask, mode="causal")
-        itg_logits = self.itg_head(hidden[:, q:])  # (B, T, V)
-        labels = input_ids.masked_fill(attention_mask == 0, -100)[:, 1:]
-        loss_itg = F.cross_entropy(
-            itg_logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=LABEL_SMOOTHING
+        ids = (
+            torch.arange(len(input_ids), device=input_ids.device)
+            if image_ids is None
+            else image_ids.to(input_ids.device)
         )
+        positives = ids[:, None] == ids[None, :]  # (B, B)
+        loss_itc, logits, image_embeds, text_embeds = self._itc(features, input_ids, attention_mask, positives)
+        loss_itm, itm_logits = self._itm(features, input_ids, attention_mask, logits, positives)
+        loss_itg, itg_logits = self._itg(features, input_ids, attention_mask)
         return HfMmBlip2ImageTextOutput(
             loss=loss_itc + loss_itm + loss_itg,
             loss_itc=loss_itc,
@@ -511,6 +488,41 @@ class HfMmBlip2ForImageTextRetrieval(HfMmBlip2PreTrainedModel):
             image_embeds=image_embeds,
             text_embeds=text_embeds,
         )
+
+    def _itc(self, features, input_ids, attention_mask, positives):
+        """ITC: one pass with the uni-modal mask yields both streams, which never see each other. Returns (loss,
+        (B, B) logits, (B, Q, D) image and (B, D) text embeddings)."""
+        q = self.config.num_query_tokens
+        hidden = self.bridge.encode(features, input_ids, attention_mask, mode="unimodal")  # (B, Q + T, H)
+        image_embeds = F.normalize(self.visual_projection(hidden[:, :q]), dim=-1)  # (B, Q, D)
+        text_embeds = F.normalize(self.text_projection(hidden[:, q]), dim=-1)  # (B, D)
+        scale = self.logit_scale.clamp(*LOGIT_SCALE_RANGE).exp()
+        logits = self.similarity(image_embeds, text_embeds) * scale  # (B, B)
+        targets = positives.float() / positives.sum(1, keepdim=True)
+        itc = [F.cross_entropy(x, targets, label_smoothing=LABEL_SMOOTHING) for x in (logits, logits.t())]
+        return (itc[0] + itc[1]) / 2, logits, image_embeds, text_embeds  # `positives` is symmetric: both directions
+
+    def _itm(self, features, input_ids, attention_mask, logits, positives):
+        """ITM: positives, plus one hard negative text per image and one hard negative image per text."""
+        batch = input_ids.shape[0]
+        negative_text, negative_image = hard_negatives(logits.detach(), positives)
+        itm_logits = self._itm_logits(
+            torch.cat([features, features, features[negative_image]]),
+            torch.cat([input_ids, input_ids[negative_text], input_ids]),
+            torch.cat([attention_mask, attention_mask[negative_text], attention_mask]),
+        )  # (3B, 2)
+        itm_labels = torch.cat([torch.ones(batch), torch.zeros(2 * batch)]).long().to(itm_logits.device)
+        return F.cross_entropy(itm_logits, itm_labels), itm_logits
+
+    def _itg(self, features, input_ids, attention_mask):
+        """ITG: captions generated from the queries through the causal multimodal mask."""
+        hidden = self.bridge.encode(features, input_ids, attention_mask, mode="causal")
+        itg_logits = self.itg_head(hidden[:, self.config.num_query_tokens :])  # (B, T, V)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)[:, 1:]
+        loss = F.cross_entropy(
+            itg_logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=-100, label_smoothing=LABEL_SMOOTHING
+        )
+        return loss, itg_logits
 
 
 @torch.no_grad()

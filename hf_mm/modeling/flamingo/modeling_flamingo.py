@@ -29,7 +29,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 
 from ...tokens import END_OF_CHUNK, IMAGE_TOKEN, prepare_flamingo_tokenizer
-from ..bridges import PerceiverResampler
+from ..bridges import Bridge, PerceiverResampler
 from ..composition import (
     ComposedCausalLMOutputWithPast,
     ComposedForConditionalGeneration,
@@ -150,9 +150,8 @@ class HfMmFlamingoPreTrainedModel(ComposedPreTrainedModel):
         """The one place weights are initialised: the bridge's linear layers N(0, initializer_range), LayerNorms at
         identity, the latents and frame embeddings N(0, 1) as in Flamingo, and both gates at exactly 0 (so the
         untrained model is the LM). The towers initialise themselves through this same hook chain."""
-        if isinstance(module, PerceiverResampler):
-            init.normal_(module.latents)
-            init.normal_(module.frame_embeddings)
+        if isinstance(module, Bridge):  # the resampler: its own rule (latents and frame embeddings N(0, 1))
+            module.init_weights(self.config.initializer_range)
         elif isinstance(module, GatedCrossAttentionBlock):
             init.zeros_(module.attn_gate)
             init.zeros_(module.ff_gate)

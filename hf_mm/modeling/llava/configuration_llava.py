@@ -12,7 +12,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING, AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ..bridges import BRIDGES
+from ..bridges import get_bridge
 from ..towers import check_text_config
 
 FEATURE_SELECT_STRATEGIES = ("default", "full")
@@ -61,7 +61,9 @@ def check_vision_config(vision_config: PreTrainedConfig) -> None:
 class HfMmLlavaConfig(PreTrainedConfig):
     r"""
     vision_config: any AutoConfig vision encoder. text_config: any AutoConfig causal LM.
-    bridge_type: one of `BRIDGES` (`linear`, `mlp2x_gelu`, `pixel_shuffle`, `perceiver`, `qwen_adapter`).
+    bridge_type: one of `BRIDGES` (`linear`, `mlp2x_gelu`, `pixel_shuffle`, `perceiver`, `qwen_adapter`), or a
+        bridge registered with `hf_mm.register_bridge`.
+    bridge_kwargs: the settings of a registered (plug-in) bridge, passed to its constructor.
     bridge_hidden_size: hidden width of MLP bridges (None: the LM width).
     bridge_bias: bias in the bridge's linear layers.
     pixel_shuffle_factor: side s of the s x s neighbourhoods the `pixel_shuffle` bridge concatenates.
@@ -106,6 +108,7 @@ class HfMmLlavaConfig(PreTrainedConfig):
     perceiver_head_dim: int = 64
     adapter_num_queries: int = 256
     adapter_heads: int = 8
+    bridge_kwargs: dict | None = None
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: str = "default"
     image_token_id: int = 32000
@@ -115,8 +118,7 @@ class HfMmLlavaConfig(PreTrainedConfig):
         super().__post_init__(**kwargs)
         check_vision_config(self.vision_config)
         check_text_config(self.text_config)
-        if self.bridge_type not in BRIDGES:
-            raise ValueError(f"Unknown bridge_type={self.bridge_type!r}. Allowed: {sorted(BRIDGES)}.")
+        get_bridge(self.bridge_type)  # refuses an unknown bridge_type, listing the registered ones
         if self.vision_feature_select_strategy not in FEATURE_SELECT_STRATEGIES:
             raise ValueError(
                 f"vision_feature_select_strategy={self.vision_feature_select_strategy!r} is not one of "
@@ -161,28 +163,13 @@ class HfMmLlavaConfig(PreTrainedConfig):
         return [layer] if isinstance(layer, int) else list(layer)
 
     def bridge_settings(self) -> dict:
-        """Settings passed to `build_bridge`; each bridge keeps the ones it declares."""
-        return {
-            "bias": self.bridge_bias,
-            "hidden_size": self.bridge_hidden_size,
-            "factor": self.pixel_shuffle_factor,
-            "num_latents": self.perceiver_num_latents,
-            "depth": self.perceiver_depth,
-            "heads": self.perceiver_heads,
-            "head_dim": self.perceiver_head_dim,
-            "num_queries": self.adapter_num_queries,
-        } | ({"heads": self.adapter_heads} if self.bridge_type == "qwen_adapter" else {})
+        """The bridge's constructor keywords, read by the bridge class itself (`Bridge.settings`)."""
+        return get_bridge(self.bridge_type).settings(self)
 
-    @property
-    def fixed_image_tokens(self) -> int | None:
-        """Tokens per image when the bridge emits a fixed count whatever the image size, else None."""
-        fixed = {"perceiver": self.perceiver_num_latents, "qwen_adapter": self.adapter_num_queries}
-        return fixed.get(self.bridge_type)
-
-    @property
-    def image_downsample_factor(self) -> int:
-        """Side of the patch neighbourhood merged into one token by the bridge (1: one token per patch)."""
-        return self.pixel_shuffle_factor if self.bridge_type == "pixel_shuffle" else 1
+    def tokens_per_image(self, height: int, width: int) -> int:
+        """Placeholders one image becomes for a `height` x `width` patch grid: the bridge's own rule."""
+        rule = get_bridge(self.bridge_type).tokens_per_image
+        return rule(self.bridge_settings(), height, width, self.num_additional_image_tokens)
 
     @property
     def num_additional_image_tokens(self) -> int:

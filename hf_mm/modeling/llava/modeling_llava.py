@@ -17,7 +17,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 
-from ..bridges import PerceiverResampler, QwenAdapterBridge, build_bridge
+from ..bridges import Bridge, build_bridge
 from ..composition import (
     ComposedCausalLMOutputWithPast,
     ComposedForConditionalGeneration,
@@ -32,7 +32,7 @@ from .configuration_llava import HfMmLlavaConfig
 def bridge_from_config(config: HfMmLlavaConfig) -> nn.Module:
     """The bridge from the concatenated feature layers (D_v * n_layers) to the LM width."""
     in_features = config.vision_config.hidden_size * len(config.vision_feature_layers)
-    return build_bridge(config.bridge_type, in_features, config.text_config.hidden_size, **config.bridge_settings())
+    return build_bridge(config, in_features, config.text_config.hidden_size)
 
 
 class HfMmLlavaPreTrainedModel(ComposedPreTrainedModel):
@@ -40,22 +40,12 @@ class HfMmLlavaPreTrainedModel(ComposedPreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """The one place weights are initialised.
-
-        Towers are built by their own classes, which initialise themselves through this same hook chain; only the
-        bridge is ours. Its linear layers get N(0, initializer_range of the LM) and zero bias, as LLaVA's projector
-        in transformers, so a fresh bridge emits small features of the LM's embedding scale; a perceiver's latents
-        and frame embeddings get N(0, 1), as in Flamingo; the Qwen-VL adapter's queries N(0, 0.02), as in Qwen-VL.
-        """
+        """The one place weights are initialised: the bridge by its own rule (`Bridge.init_weights`, with the LM's
+        initializer_range), the untied lm_head N(0, that std). The towers initialise themselves through this same
+        hook chain. From a checkpoint, only the weights it lacks are initialised."""
         std = getattr(self.config.text_config, "initializer_range", 0.02)
-        if isinstance(module, PerceiverResampler):  # its own parameters; its layers are visited on their own
-            init.normal_(module.latents)  # N(0, 1), as Flamingo's latents and time embeddings
-            init.normal_(module.frame_embeddings)
-        elif isinstance(module, QwenAdapterBridge):
-            init.normal_(module.query, std=0.02)  # Qwen-VL: trunc_normal(0.02)
-        elif isinstance(module, nn.MultiheadAttention):  # the packed q/k/v projection is no nn.Linear
-            init.normal_(module.in_proj_weight, mean=0.0, std=std)
-            init.zeros_(module.in_proj_bias)
+        if isinstance(module, Bridge):
+            module.init_weights(std)
         elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
