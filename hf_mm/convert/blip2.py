@@ -5,7 +5,7 @@ language projection become `model.bridge.{query_tokens, qformer, language_projec
 `model.language_model` and `lm_head`. The state dict is loaded strictly, so a key that does not map fails loudly.
 
 transformers' Blip2 reads the vision model's final (post-layernorm) output and has no extra LayerNorm before the
-Q-Former, so the import sets `vision_feature_layer=-1` and `vision_layernorm=False`.
+Q-Former, so the import sets `vision_feature_layer="last_hidden_state"` and `vision_layernorm=False`.
 """
 
 from transformers import Blip2ForConditionalGeneration
@@ -28,7 +28,7 @@ def _convert_config(source) -> HfMmBlip2Config:
         text_config=source.text_config,
         num_query_tokens=source.num_query_tokens,
         image_text_hidden_size=source.image_text_hidden_size,
-        vision_feature_layer=-1,
+        vision_feature_layer="last_hidden_state",
         vision_layernorm=False,
         image_token_id=source.image_token_index,
         initializer_range=source.initializer_range,

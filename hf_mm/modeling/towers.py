@@ -89,10 +89,36 @@ def tower_outputs(vision_tower: nn.Module, pixel_values: torch.Tensor, **kwargs)
     return vision_tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
 
 
-def tower_features(outputs, layer: int) -> torch.Tensor:
-    """(B, N, D_v) from `tower_outputs`: every token (CLS included) of hidden state `layer`; -1 is
-    `last_hidden_state`, the tower's own final output (post-layernorm where the tower has one, as BLIP-2's ViT)."""
-    return outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
+LAST_HIDDEN_STATE = "last_hidden_state"
+
+
+def tower_features(outputs, layer: int | str) -> torch.Tensor:
+    """(B, N, D_v) features from `tower_outputs`, chosen by `vision_feature_layer`, which means the same in every
+    family: an int indexes the tower's `hidden_states` (0: the embeddings, -1: the last block's output, before any
+    final norm), and "last_hidden_state" is the tower's own final output (after its post-layernorm where it has
+    one, as BLIP-2's ViT and SigLIP). Every token is kept, CLS included."""
+    return outputs.last_hidden_state if layer == LAST_HIDDEN_STATE else outputs.hidden_states[layer]
+
+
+class FeatureLayerCompatMixin:
+    """For BLIP-2's and Flamingo's configs, whose `vision_feature_layer=-1` meant `last_hidden_state` before the
+    families agreed on one meaning. A config saved since then marks an explicit -1 (`FEATURE_LAYER_MARKER`); an
+    unmarked -1 is from before, and loads as "last_hidden_state", so old checkpoints keep their outputs."""
+
+    FEATURE_LAYER_MARKER = "vision_feature_layer_indexes"
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        config_dict = dict(config_dict)
+        if config_dict.pop(cls.FEATURE_LAYER_MARKER, None) is None and config_dict.get("vision_feature_layer") == -1:
+            config_dict["vision_feature_layer"] = LAST_HIDDEN_STATE
+        return super().from_dict(config_dict, **kwargs)
+
+    def to_dict(self):
+        config_dict = super().to_dict()
+        if self.vision_feature_layer == -1:
+            config_dict[self.FEATURE_LAYER_MARKER] = "hidden_states"
+        return config_dict
 
 
 def image_features_output(outputs, pooler_output, output_hidden_states: bool | None) -> BaseModelOutputWithPooling:
@@ -107,8 +133,16 @@ def image_features_output(outputs, pooler_output, output_hidden_states: bool | N
     )
 
 
-def check_feature_layer(vision_config: PreTrainedConfig, layer: int) -> None:
-    """`layer` indexes one of the tower's hidden states (the embeddings and every block)."""
+def check_feature_layer(vision_config: PreTrainedConfig, layer: int | str) -> None:
+    """`layer` indexes one of the tower's hidden states (the embeddings and every block), or is
+    "last_hidden_state" (see `tower_features`)."""
+    if isinstance(layer, str):
+        if layer != LAST_HIDDEN_STATE:
+            raise ValueError(
+                f"vision_feature_layer={layer!r}: give an index into the tower's hidden states, or "
+                f"{LAST_HIDDEN_STATE!r} for the tower's own final output."
+            )
+        return
     num_states = vision_config.num_hidden_layers + 1
     if not -num_states <= layer < num_states:
         raise ValueError(
@@ -149,6 +183,8 @@ __all__ = [
     "check_text_config",
     "check_feature_layer",
     "tower_features",
+    "LAST_HIDDEN_STATE",
+    "FeatureLayerCompatMixin",
     "tower_outputs",
     "image_features_output",
 ]

@@ -17,7 +17,7 @@ from huggingface_hub.dataclasses import strict
 from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, Blip2QFormerConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from ..towers import check_feature_layer, check_text_config, is_buildable_tower
+from ..towers import FeatureLayerCompatMixin, check_feature_layer, check_text_config, is_buildable_tower
 
 
 def check_vision_config(vision_config: PreTrainedConfig) -> None:
@@ -37,13 +37,14 @@ def check_vision_config(vision_config: PreTrainedConfig) -> None:
 
 
 @strict
-class HfMmBlip2Config(PreTrainedConfig):
+class HfMmBlip2Config(FeatureLayerCompatMixin, PreTrainedConfig):
     r"""
     vision_config: any vision encoder config. qformer_config: a `Blip2QFormerConfig` (BERT-like, cross-attention
     every `cross_attention_frequency` layers). text_config: any causal LM config (unused by the stage-1 model).
     num_query_tokens: learned queries, and so placeholders per image in the LM input.
     image_text_hidden_size: width of the stage-1 ITC space (image and text projections).
-    vision_feature_layer: tower hidden state the Q-Former reads; -1 is the tower's final output (`last_hidden_state`).
+    vision_feature_layer: what the Q-Former reads (`towers.tower_features`, the same in every family): an index into
+        the tower's hidden states, or "last_hidden_state" (default), the tower's own final output.
     vision_layernorm: a trainable LayerNorm over the tower features before the Q-Former (LAVIS's `ln_vision`).
     image_token_id: id of the `<image>` placeholder token in the LM vocabulary.
     """
@@ -61,7 +62,7 @@ class HfMmBlip2Config(PreTrainedConfig):
     text_config: dict | PreTrainedConfig | None = None
     num_query_tokens: int = 32
     image_text_hidden_size: int = 256
-    vision_feature_layer: int = -1
+    vision_feature_layer: int | str = "last_hidden_state"
     vision_layernorm: bool = True
     image_token_id: int = 50265
     initializer_range: float = 0.02

@@ -10,18 +10,19 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from ..blip2.configuration_blip2 import check_vision_config
-from ..towers import check_feature_layer, check_text_config
+from ..towers import FeatureLayerCompatMixin, check_feature_layer, check_text_config
 
 
 @strict
-class HfMmFlamingoConfig(PreTrainedConfig):
+class HfMmFlamingoConfig(FeatureLayerCompatMixin, PreTrainedConfig):
     r"""
     vision_config: any vision encoder config. text_config: any causal LM config.
     num_latents: resampler outputs per image. perceiver_depth / perceiver_heads / perceiver_head_dim: its blocks.
     max_frames: video frames the resampler has time embeddings for.
     cross_attn_every_n_layers: a gated block sits before decoder layers n-1, 2n-1, ... (0-based), as OpenFlamingo.
     cross_attn_heads / cross_attn_head_dim / cross_attn_ff_mult: the gated blocks' attention and feed-forward.
-    vision_feature_layer: tower hidden state the resampler reads; -1 is the tower's `last_hidden_state`.
+    vision_feature_layer: what the resampler reads (`towers.tower_features`, the same in every family): an index into
+        the tower's hidden states, or "last_hidden_state" (default), the tower's own final output.
     image_token_id: id of `<image>` (one token per image; it is not expanded). end_of_chunk_token_id: `<|endofchunk|>`.
     """
 
@@ -43,7 +44,7 @@ class HfMmFlamingoConfig(PreTrainedConfig):
     cross_attn_heads: int = 8
     cross_attn_head_dim: int = 64
     cross_attn_ff_mult: int = 4
-    vision_feature_layer: int = -1
+    vision_feature_layer: int | str = "last_hidden_state"
     image_token_id: int = 32000
     end_of_chunk_token_id: int = 32001
     initializer_range: float = 0.02

@@ -13,7 +13,7 @@ from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING, AutoConfig,
 from transformers.configuration_utils import SubConfigSpec
 
 from ..bridges import get_bridge
-from ..towers import check_text_config
+from ..towers import check_feature_layer, check_text_config
 
 FEATURE_SELECT_STRATEGIES = ("default", "full")
 
@@ -71,7 +71,9 @@ class HfMmLlavaConfig(PreTrainedConfig):
         (= tokens per image), blocks, attention heads and head width (BLIP-3 / xGen-MM: 128 latents).
     adapter_num_queries, adapter_heads: the `qwen_adapter` bridge's learned queries (= tokens per image, a square)
         and the heads of its cross-attention at the LM width (Qwen-VL: 256 queries).
-    vision_feature_layer: index of the tower hidden state to read, or a list whose states are concatenated.
+    vision_feature_layer: what the bridge reads (`towers.tower_features`, the same in every family): an index into the
+        tower's hidden states (LLaVA-1.5: -2), "last_hidden_state" (the tower's own final output), or a list of
+        them, concatenated.
     vision_feature_select_strategy: `default` drops CLS/register tokens, `full` keeps them.
     image_token_id: id of the `<image>` placeholder token.
     """
@@ -109,7 +111,7 @@ class HfMmLlavaConfig(PreTrainedConfig):
     adapter_num_queries: int = 256
     adapter_heads: int = 8
     bridge_kwargs: dict | None = None
-    vision_feature_layer: int | list[int] = -2
+    vision_feature_layer: int | str | list[int | str] = -2
     vision_feature_select_strategy: str = "default"
     image_token_id: int = 32000
     tie_word_embeddings: bool = False
@@ -136,14 +138,10 @@ class HfMmLlavaConfig(PreTrainedConfig):
             self.tie_word_embeddings = True
 
     def _check_feature_layers(self) -> None:
-        layers = self.vision_feature_layers
-        num_states = self.vision_config.num_hidden_layers + 1  # embeddings + every block
-        bad = [i for i in layers if not -num_states <= i < num_states]
-        if not layers or bad:
-            raise ValueError(
-                f"vision_feature_layer={self.vision_feature_layer!r} is out of range: the tower has {num_states} "
-                f"hidden states, so each index must lie in [{-num_states}, {num_states - 1}]."
-            )
+        if not self.vision_feature_layers:
+            raise ValueError("vision_feature_layer is an empty list: give at least one hidden state to read.")
+        for layer in self.vision_feature_layers:
+            check_feature_layer(self.vision_config, layer)
 
     def _check_grid_bridge(self) -> None:
         # pixel_shuffle needs the bare patch grid; a kept CLS/register prefix makes it ragged. Towers missing from
@@ -160,7 +158,7 @@ class HfMmLlavaConfig(PreTrainedConfig):
     def vision_feature_layers(self) -> list[int]:
         """`vision_feature_layer` as a list (a single int becomes a one-element list)."""
         layer = self.vision_feature_layer
-        return [layer] if isinstance(layer, int) else list(layer)
+        return [layer] if isinstance(layer, (int, str)) else list(layer)
 
     def bridge_settings(self) -> dict:
         """The bridge's constructor keywords, read by the bridge class itself (`Bridge.settings`)."""

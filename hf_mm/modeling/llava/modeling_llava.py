@@ -25,7 +25,7 @@ from ..composition import (
     ComposedModelOutputWithPast,
     ComposedPreTrainedModel,
 )
-from ..towers import image_features_output, tower_outputs
+from ..towers import image_features_output, tower_features, tower_outputs
 from .configuration_llava import HfMmLlavaConfig
 
 
@@ -74,10 +74,10 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel, ComposedModel):
         `last_hidden_state` (and, when asked for, its hidden states) alongside. `kwargs` go to the tower."""
         layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
-        layers = [layer] if isinstance(layer, int) else list(layer)
+        layers = [layer] if isinstance(layer, (int, str)) else list(layer)
 
         outputs = tower_outputs(self.vision_tower, pixel_values, **kwargs)
-        features = torch.cat([outputs.hidden_states[i] for i in layers], dim=-1)  # (B, P + h*w, D_v * L)
+        features = torch.cat([tower_features(outputs, i) for i in layers], dim=-1)  # (B, P + h*w, D_v * L)
 
         patch_size = self.config.vision_config.patch_size
         grid = (pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size)
