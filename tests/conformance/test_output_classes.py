@@ -1,0 +1,61 @@
+"""Guards for the next rename in transformers (5.24 renames `past_key_values` to `cache`):
+- hf_mm's output classes build on transformers' own and redeclare none of their fields, so a renamed field reaches
+  them for free;
+- generate() with the cache really uses it: the cache grows by one position per new token, in every family."""
+
+import dataclasses
+import inspect
+
+import pytest
+import transformers.modeling_outputs as hf_outputs
+from transformers.utils import ModelOutput
+
+import hf_mm.modeling.blip2.modeling_blip2
+import hf_mm.modeling.clip.modeling_clip
+import hf_mm.modeling.composition
+import hf_mm.modeling.qwen2_5_vl.modeling_qwen2_5_vit
+
+from .testers import generative_cases
+
+MODULES = [
+    hf_mm.modeling.composition,
+    hf_mm.modeling.blip2.modeling_blip2,
+    hf_mm.modeling.clip.modeling_clip,
+    hf_mm.modeling.qwen2_5_vl.modeling_qwen2_5_vit,
+]
+OUTPUTS = sorted(
+    {cls for module in MODULES for _, cls in inspect.getmembers(module, inspect.isclass)
+     if issubclass(cls, ModelOutput) and cls.__module__.startswith("hf_mm")},
+    key=lambda cls: cls.__name__,
+)  # fmt: skip
+# The fields of transformers' generic outputs that a release may rename (as 5.24 renamed past_key_values); `loss`
+# is every output's own first field (transformers' CLIPOutput declares it too).
+TRANSFORMERS_FIELDS = {
+    field.name
+    for _, cls in inspect.getmembers(hf_outputs, inspect.isclass)
+    if issubclass(cls, ModelOutput) and dataclasses.is_dataclass(cls)
+    for field in dataclasses.fields(cls)
+} - {"loss"}
+
+
+@pytest.mark.parametrize("cls", OUTPUTS, ids=[cls.__name__ for cls in OUTPUTS])
+def test_output_classes_redeclare_no_field_of_transformers_outputs(cls):
+    own = set(vars(cls).get("__annotations__", {}))
+    bases_with_cache = [base for base in cls.__mro__[1:] if base.__module__.startswith("transformers")]
+    redeclared = own & TRANSFORMERS_FIELDS
+    assert not redeclared, f"{cls.__name__} redeclares {sorted(redeclared)}: subclass transformers' own output instead"
+    if {"past_key_values", "cache"} & {f.name for f in dataclasses.fields(cls)}:
+        assert bases_with_cache, f"{cls.__name__} carries a cache without a transformers output base"
+
+
+@pytest.mark.parametrize("family", sorted(generative_cases()))
+def test_generate_grows_the_cache_it_returns(family):
+    model_class, config, inputs = generative_cases()[family]
+    model = model_class(config).eval()
+    new = 4
+    suppress = list(model.placeholder_token_ids())
+    out = model.generate(**inputs, max_new_tokens=new, do_sample=False, return_dict_in_generate=True,
+                         suppress_tokens=suppress)  # fmt: skip
+    cache = out.past_key_values
+    # The cache holds the prompt and every generated token but the last (whose keys are never computed).
+    assert cache is not None and cache.get_seq_length() == inputs["input_ids"].shape[1] + new - 1
