@@ -66,20 +66,15 @@ def colour_dataset(n: int = 8) -> Dataset:
     return Dataset.from_list(rows)
 
 
+# CPU settings the SFT and DPO tests share.
+TRAINER_DEFAULTS = dict(
+    per_device_train_batch_size=4, logging_steps=1, report_to=[], bf16=False, gradient_checkpointing=False,
+    save_strategy="no", max_length=128, seed=0, disable_tqdm=True,
+)  # fmt: skip
+
+
 def sft_args(tmp_path, **kwargs) -> SFTConfig:
-    defaults = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=4,
-        learning_rate=1e-2,
-        logging_steps=1,
-        report_to=[],
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        max_length=128,
-        seed=0,
-        disable_tqdm=True,
-    )
+    defaults = dict(TRAINER_DEFAULTS, output_dir=str(tmp_path / "out"), learning_rate=1e-2)
     return SFTConfig(**{**defaults, **kwargs})
 
 
@@ -101,18 +96,5 @@ def preference_dataset(n: int = 8) -> Dataset:
 
 
 def dpo_args(tmp_path, **kwargs) -> DPOConfig:
-    defaults = dict(
-        output_dir=str(tmp_path / "dpo"),
-        per_device_train_batch_size=4,
-        learning_rate=5e-3,
-        logging_steps=1,
-        report_to=[],
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        max_length=128,
-        seed=0,
-        disable_tqdm=True,
-        beta=0.1,
-    )
+    defaults = dict(TRAINER_DEFAULTS, output_dir=str(tmp_path / "dpo"), learning_rate=5e-3, beta=0.1)
     return DPOConfig(**{**defaults, **kwargs})
