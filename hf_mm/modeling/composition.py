@@ -23,6 +23,7 @@ from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedMo
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..tokens import IMAGE_TOKEN, prepare_tokenizer, stop_at_end_of_turn
+from .compat import CACHE_NAME
 from .heads import CausalLMHeadMixin
 from .initialization import GuardedInitMixin
 from .safetensors_only import SafetensorsOnlyMixin
@@ -68,7 +69,7 @@ class ComposedPreTrainedModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTrained
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["past_key_values", "cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
@@ -150,9 +151,8 @@ class ComposedModel(ComposedPreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
             inputs_embeds=inputs_embeds,
-            **{**kwargs, "return_dict": True},  # generate() passes return_dict; our outputs are always ModelOutput
+            **{**kwargs, CACHE_NAME: past_key_values, "return_dict": True},  # our outputs are always ModelOutput
         )
         return ComposedModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,

@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 
 import pytest
+import torch
 import transformers.modeling_outputs as hf_outputs
 from transformers.utils import ModelOutput
 
@@ -59,3 +60,27 @@ def test_generate_grows_the_cache_it_returns(family):
     cache = out.past_key_values
     # The cache holds the prompt and every generated token but the last (whose keys are never computed).
     assert cache is not None and cache.get_seq_length() == inputs["input_ids"].shape[1] + new - 1
+
+
+@pytest.mark.parametrize("family", sorted(generative_cases()))
+def test_forward_takes_the_cache_under_either_name(family):
+    """transformers 5.24's generate() passes `cache=`, earlier releases `past_key_values=`: both decode the same."""
+    import copy
+
+    model_class, config, inputs = generative_cases()[family]
+    model = model_class(config).eval()
+    with torch.no_grad():
+        prefill = model(**inputs, use_cache=True)
+        step = {
+            "input_ids": prefill.logits[:, -1:].argmax(-1),
+            "attention_mask": torch.ones_like(inputs["attention_mask"][:, :1]),
+        }
+        step["attention_mask"] = torch.cat([inputs["attention_mask"], step["attention_mask"]], 1)
+        if family == "flamingo":
+            step |= {"image_hidden_states": prefill.image_hidden_states,
+                     "media_offsets": (inputs["input_ids"] == config.image_token_id).sum(1)}  # fmt: skip
+        old = model(**step, past_key_values=copy.deepcopy(prefill.past_key_values)).logits
+        new = model(**step, cache=copy.deepcopy(prefill.past_key_values)).logits
+    assert torch.equal(old, new)
+    with pytest.raises(ValueError, match="pass the KV cache once"):
+        model(**step, cache=prefill.past_key_values, past_key_values=prefill.past_key_values)

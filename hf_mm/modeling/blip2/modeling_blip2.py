@@ -37,6 +37,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutpu
 from transformers.utils import logging
 from transformers.utils.generic import can_return_tuple
 
+from ..compat import take_cache
 from ..composition import (
     ComposedCausalLMOutputWithPast,
     ComposedForConditionalGeneration,
@@ -221,11 +222,13 @@ class HfMmBlip2Model(HfMmBlip2PreTrainedModel, ComposedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
+        cache: Cache | None = None,  # transformers >= 5.24 name
         inputs_embeds: torch.Tensor | None = None,
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> ComposedModelOutputWithPast:
+        past_key_values = take_cache(past_key_values, cache)
         image_kwargs = {"qformer_input_ids": qformer_input_ids, "qformer_attention_mask": qformer_attention_mask}
         inputs_embeds, features = self.prefix_forward(input_ids, pixel_values, inputs_embeds, past_key_values, image_kwargs)  # fmt: skip
         return self.decode(inputs_embeds, attention_mask, position_ids, past_key_values, features, **kwargs)
@@ -281,6 +284,7 @@ class HfMmBlip2ForConditionalGeneration(HfMmBlip2PreTrainedModel, ComposedForCon
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
+        cache: Cache | None = None,  # transformers >= 5.24 name
         inputs_embeds: torch.Tensor | None = None,
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.Tensor | None = None,
@@ -288,6 +292,7 @@ class HfMmBlip2ForConditionalGeneration(HfMmBlip2PreTrainedModel, ComposedForCon
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> ComposedCausalLMOutputWithPast:
+        past_key_values = take_cache(past_key_values, cache)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,

@@ -30,6 +30,7 @@ from transformers.utils.generic import can_return_tuple
 
 from ...tokens import END_OF_CHUNK, IMAGE_TOKEN, prepare_flamingo_tokenizer
 from ..bridges import Bridge, PerceiverResampler
+from ..compat import take_cache
 from ..composition import (
     ComposedCausalLMOutputWithPast,
     ComposedForConditionalGeneration,
@@ -249,6 +250,7 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, ComposedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
+        cache: Cache | None = None,  # transformers >= 5.24 name
         inputs_embeds: torch.Tensor | None = None,
         image_hidden_states: torch.Tensor | None = None,
         media_offsets: torch.LongTensor | None = None,
@@ -256,6 +258,7 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, ComposedModel):
     ) -> ComposedModelOutputWithPast:
         """`image_hidden_states` (B, M, n, D): media resampled by an earlier call (generate() passes them on);
         `media_offsets` (B,): `<image>` tokens behind the cache, before `input_ids` (generate() sets them)."""
+        past_key_values = take_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -298,6 +301,7 @@ class HfMmFlamingoForConditionalGeneration(HfMmFlamingoPreTrainedModel, Composed
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
+        cache: Cache | None = None,  # transformers >= 5.24 name
         inputs_embeds: torch.Tensor | None = None,
         image_hidden_states: torch.Tensor | None = None,
         media_offsets: torch.LongTensor | None = None,
@@ -305,6 +309,7 @@ class HfMmFlamingoForConditionalGeneration(HfMmFlamingoPreTrainedModel, Composed
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> ComposedCausalLMOutputWithPast:
+        past_key_values = take_cache(past_key_values, cache)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,

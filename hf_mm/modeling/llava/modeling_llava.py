@@ -18,6 +18,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 
 from ..bridges import Bridge, build_bridge
+from ..compat import take_cache
 from ..composition import (
     ComposedCausalLMOutputWithPast,
     ComposedForConditionalGeneration,
@@ -95,11 +96,13 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel, ComposedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
+        cache: Cache | None = None,  # transformers >= 5.24 name
         inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
         **kwargs,
     ) -> ComposedModelOutputWithPast:
+        past_key_values = take_cache(past_key_values, cache)
         image_kwargs = {
             "vision_feature_layer": vision_feature_layer,
             "vision_feature_select_strategy": vision_feature_select_strategy,
@@ -122,6 +125,7 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, ComposedForCon
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         past_key_values: Cache | None = None,
+        cache: Cache | None = None,  # transformers >= 5.24 name
         inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -129,6 +133,7 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, ComposedForCon
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> ComposedCausalLMOutputWithPast:
+        past_key_values = take_cache(past_key_values, cache)
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,

@@ -17,6 +17,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.utils.generic import can_return_tuple
 
 from ...tokens import prepare_qwen_tokenizer
+from ..compat import CACHE_NAME, take_cache
 from ..composition import (
     ComposedCausalLMOutputWithPast,
     ComposedForConditionalGeneration,
@@ -160,10 +161,12 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel, ComposedModel):
         second_per_grid_ts: torch.Tensor | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
+        cache: Cache | None = None,  # transformers >= 5.24 name
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
+        past_key_values = take_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -191,8 +194,8 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel, ComposedModel):
         ).to(inputs_embeds.device)
         try:
             outputs = self.language_model(
-                inputs_embeds=inputs_embeds, attention_mask=attention_mask, past_key_values=past_key_values,
-                use_cache=use_cache, **{**kwargs, "return_dict": True},
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=use_cache,
+                **{**kwargs, CACHE_NAME: past_key_values, "return_dict": True},
             )  # fmt: skip
         finally:
             rotary.position_ids = None
@@ -249,12 +252,14 @@ class HfMmQwen2_5_VLForConditionalGeneration(HfMmQwen2_5_VLPreTrainedModel, Comp
         second_per_grid_ts: torch.Tensor | None = None,
         mm_token_type_ids: torch.Tensor | None = None,
         past_key_values: Cache | None = None,
+        cache: Cache | None = None,  # transformers >= 5.24 name
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ) -> HfMmQwen2_5_VLCausalLMOutput:
+        past_key_values = take_cache(past_key_values, cache)
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
             image_grid_thw=image_grid_thw, pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
