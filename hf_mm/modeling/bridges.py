@@ -17,6 +17,7 @@ fp32.
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 import torch
@@ -40,7 +41,15 @@ class Bridge(nn.Module):
 
     @classmethod
     def from_config(cls, config, in_features: int, out_features: int) -> Bridge:
-        return cls(in_features, out_features, **cls.settings(config))
+        settings = cls.settings(config)
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self", "in_features", "out_features"}
+        unknown = sorted(set(settings) - accepted)
+        if unknown:
+            raise ValueError(
+                f"bridge_kwargs {unknown} are not settings of bridge_type={config.bridge_type!r}: "
+                f"{cls.__name__} takes {sorted(accepted)}."
+            )
+        return cls(in_features, out_features, **settings)
 
     @classmethod
     def tokens_per_image(cls, settings: dict, height: int, width: int, prefix_tokens: int = 0) -> int:

@@ -72,6 +72,12 @@ def test_a_registered_bridge_composes_trains_saves_and_reloads(towers, tmp_path)
         assert torch.equal(reloaded(**inputs).logits, model(**inputs).logits)
 
 
+def test_a_setting_the_bridge_does_not_take_is_refused_by_name():
+    config = T.tiny_llava_config("clip", "llama", "pooled", bridge_kwargs={"num_tokens": 2, "dropout": 0.1})
+    with pytest.raises(ValueError, match=r"bridge_kwargs \['dropout'\] are not settings of bridge_type='pooled'"):
+        hf_mm.HfMmLlavaForConditionalGeneration(config)
+
+
 def test_register_bridge_refuses_what_is_not_a_bridge_or_taken():
     with pytest.raises(TypeError, match="subclass of hf_mm.modeling.bridges.Bridge"):
         hf_mm.register_bridge("plain", nn.Linear)
