@@ -49,7 +49,7 @@ class Family:
     processor_class / image_processor_class: `AutoProcessor` (and `AutoImageProcessor` when the family has its own).
     roles: the parameter roles its models have (training/roles.py).
     compose_settings: the composition arguments of the training CLI this family reads (`HfMmArguments` fields),
-        passed to the model's and the processor's `from_vision_text_pretrained`.
+        passed to the model's `from_vision_text_pretrained`; `processor_settings`, those its processor's takes too.
     importers: `hf-mm convert NAME` -> the function that imports transformers' checkpoint.
     pipeline_tag: the Hub pipeline tag of its cards; the card template is `model_cards/<model_type>.md`.
     tiny: "module:function" pairs of hf_mm.testing's tiny config and processor (resolved lazily).
@@ -64,6 +64,7 @@ class Family:
     zero_shot_class: type | None = None
     image_processor_class: type | None = None
     compose_settings: tuple[str, ...] = ()
+    processor_settings: tuple[str, ...] = ()
     importers: dict[str, Callable] = dataclasses.field(default_factory=dict)
     pipeline_tag: str = "image-text-to-text"
     tiny: tuple[str, str] | None = None
@@ -118,12 +119,12 @@ def family_of(model_type: str) -> Family:
 
 register_family(Family(
     "llava", HfMmLlavaConfig, HfMmLlavaModel, HfMmLlavaProcessor, GENERATIVE_ROLES,
-    generation_class=HfMmLlavaForConditionalGeneration, compose_settings=("bridge_type",),
+    generation_class=HfMmLlavaForConditionalGeneration, compose_settings=("bridge_type",), processor_settings=("bridge_type",),
     importers={"llava": from_transformers_llava}, tiny=("hf_mm.testing:tiny_llava_config", "hf_mm.testing:tiny_llava_processor"),
 ))  # fmt: skip
 register_family(Family(
     "blip2", HfMmBlip2Config, HfMmBlip2Model, HfMmBlip2Processor, GENERATIVE_ROLES,
-    generation_class=HfMmBlip2ForConditionalGeneration, compose_settings=("num_query_tokens",),
+    generation_class=HfMmBlip2ForConditionalGeneration, compose_settings=("num_query_tokens",), processor_settings=("num_query_tokens",),
     importers={"blip2": from_transformers_blip2}, tiny=("hf_mm.testing:tiny_blip2_config", "hf_mm.testing:tiny_blip2_processor"),
 ))  # fmt: skip
 register_family(Family(

@@ -15,6 +15,7 @@ M-RoPE). What lives here, once:
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,18 @@ def loading_kwargs(dtype=None, device_map=None, attn_implementation=None) -> dic
     """The `from_pretrained` keywords both towers get; unset ones are left to each tower's own default."""
     kwargs = {"dtype": dtype, "device_map": device_map, "attn_implementation": attn_implementation}
     return {key: value for key, value in kwargs.items() if value is not None}
+
+
+def check_config_kwargs(config_class, config_kwargs: dict) -> None:
+    """Refuse a composition keyword that is no field of the family's config: a config would store it silently, and
+    a misspelled setting (or a loading keyword of another library) would then do nothing."""
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    unknown = sorted(set(config_kwargs) - fields)
+    if unknown:
+        raise TypeError(
+            f"{unknown} are not fields of {config_class.__name__}, nor composition keywords (dtype, device_map, "
+            f"attn_implementation, quantization_config). Its fields: {sorted(fields - {'vision_config', 'text_config'})}."
+        )
 
 
 def skip_non_lm_roles(quantization_config):
@@ -228,6 +241,7 @@ class ComposedForConditionalGeneration(CausalLMHeadMixin, ComposedPreTrainedMode
         to fit. `dtype`, `device_map` and `attn_implementation` go to both towers' `from_pretrained`;
         `quantization_config` goes to the LM only. `config_kwargs` are the family config's own fields.
         """
+        check_config_kwargs(cls.config_class, config_kwargs)
         load_kwargs = loading_kwargs(dtype, device_map, attn_implementation)
         vision_tower = cls.load_vision_tower(vision_model_name_or_path, config_kwargs, **load_kwargs)
         return cls.compose_with_text_model(
@@ -247,7 +261,10 @@ class ComposedForConditionalGeneration(CausalLMHeadMixin, ComposedPreTrainedMode
 
     @classmethod
     def load_vision_tower(cls, name_or_path: str, config_kwargs: dict, **load_kwargs) -> PreTrainedModel:
-        """The pretrained vision tower (a family may take its fields from `config_kwargs`, as Qwen does)."""
+        """The pretrained vision tower (a family may take its fields from `config_kwargs`, or start a new tower
+        without a path, as Qwen does)."""
+        if name_or_path is None:
+            raise ValueError(f"{cls.__name__} composes a pretrained vision tower: give vision_model_name_or_path.")
         return load_vision_tower(name_or_path, **load_kwargs)
 
     @classmethod
@@ -296,6 +313,7 @@ __all__ = [
     "ComposedModelOutputWithPast",
     "ComposedPreTrainedModel",
     "FULL_PRECISION_ROLES",
+    "check_config_kwargs",
     "loading_kwargs",
     "skip_non_lm_roles",
 ]

@@ -37,9 +37,12 @@ def placeholder_free(labels: torch.Tensor, input_ids: torch.Tensor | None, token
 
 
 def warn_if_counted(labels: torch.Tensor, cleaned: torch.Tensor, num_items_in_batch) -> None:
-    """Log (once) when the caller's token count included placeholder targets that the loss then dropped."""
+    """Log (once) when the caller's token count included placeholder targets that the loss then dropped (only
+    under a count: without one there is nothing to compare, and no host sync is spent)."""
+    if num_items_in_batch is None:
+        return
     dropped = int((labels != IGNORE_INDEX).sum() - (cleaned != IGNORE_INDEX).sum())
-    if num_items_in_batch is not None and dropped:
+    if dropped:
         logger.warning_once(
             f"{dropped} image/video placeholder tokens were loss targets in `labels` and were dropped, but "
             "`num_items_in_batch` counted them, so the loss is divided by too many tokens. Set placeholder labels "

@@ -90,12 +90,14 @@ def compose(hf_args: HfMmArguments, **loading):
     if family.generation_class is None:
         raise ValueError(f"family={family.name!r} is a dual encoder: train it with `hf-mm contrastive`.")
     towers = (hf_args.vision_model_name_or_path, hf_args.text_model_name_or_path)
-    if family.name != "qwen2_5_vl" and not all(towers):  # Qwen2.5-VL may start a fresh ViT (vision None)
-        raise ValueError("Composing needs both vision_model_name_or_path and text_model_name_or_path.")
+    if not towers[1]:  # the vision tower is the family's to require (Qwen2.5-VL may start a new ViT)
+        raise ValueError(
+            "Composing needs text_model_name_or_path (and, for most families, vision_model_name_or_path)."
+        )
     _check_settings(hf_args, family)
     settings = {name: getattr(hf_args, name) for name in family.compose_settings}
     model = family.generation_class.from_vision_text_pretrained(*towers, **loading, **settings)
-    processor_settings = settings if family.name in ("llava", "blip2") else {}
+    processor_settings = {name: settings[name] for name in family.processor_settings}
     return model, family.processor_class.from_vision_text_pretrained(*towers, **processor_settings)
 
 

@@ -120,3 +120,12 @@ def test_a_count_that_includes_placeholders_is_reported(caplog):
         model(**inputs, labels=inputs["input_ids"], num_items_in_batch=torch.tensor(10))
     hf_logging.disable_propagation()
     assert "placeholder tokens were loss targets" in caplog.text
+
+
+def test_a_composition_keyword_the_config_does_not_have_is_refused(tmp_path):
+    """A misspelled setting (or another library's loading keyword) would be stored in the config and do nothing."""
+    towers = T.save_tiny_vision_tower(tmp_path / "vision"), T.save_tiny_causal_lm(tmp_path / "text")
+    with pytest.raises(TypeError, match=r"\['bridge_typ'\] are not fields of HfMmLlavaConfig"):
+        HfMmLlavaForConditionalGeneration.from_vision_text_pretrained(*towers, bridge_typ="linear")
+    with pytest.raises(TypeError, match=r"\['low_cpu_mem_usage'\] are not fields of HfMmClipConfig"):
+        HfMmClipModel.from_vision_text_pretrained(*towers, low_cpu_mem_usage=True)

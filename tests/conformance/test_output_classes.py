@@ -31,6 +31,7 @@ OUTPUTS = sorted(
 )  # fmt: skip
 # The fields of transformers' generic outputs that a release may rename (as 5.24 renamed past_key_values); `loss`
 # is every output's own first field (transformers' CLIPOutput declares it too).
+CASES = generative_cases()
 TRANSFORMERS_FIELDS = {
     field.name
     for _, cls in inspect.getmembers(hf_outputs, inspect.isclass)
@@ -49,9 +50,9 @@ def test_output_classes_redeclare_no_field_of_transformers_outputs(cls):
         assert bases_with_cache, f"{cls.__name__} carries a cache without a transformers output base"
 
 
-@pytest.mark.parametrize("family", sorted(generative_cases()))
+@pytest.mark.parametrize("family", sorted(CASES))
 def test_generate_grows_the_cache_it_returns(family):
-    model_class, config, inputs = generative_cases()[family]
+    model_class, config, inputs = CASES[family]
     model = model_class(config).eval()
     new = 4
     suppress = list(model.placeholder_token_ids())
@@ -62,12 +63,12 @@ def test_generate_grows_the_cache_it_returns(family):
     assert cache is not None and cache.get_seq_length() == inputs["input_ids"].shape[1] + new - 1
 
 
-@pytest.mark.parametrize("family", sorted(generative_cases()))
+@pytest.mark.parametrize("family", sorted(CASES))
 def test_forward_takes_the_cache_under_either_name(family):
     """transformers 5.24's generate() passes `cache=`, earlier releases `past_key_values=`: both decode the same."""
     import copy
 
-    model_class, config, inputs = generative_cases()[family]
+    model_class, config, inputs = CASES[family]
     model = model_class(config).eval()
     with torch.no_grad():
         prefill = model(**inputs, use_cache=True)

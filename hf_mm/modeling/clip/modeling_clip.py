@@ -20,7 +20,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ModelOutput
 from transformers.utils.generic import can_return_tuple
 
-from ..composition import loading_kwargs
+from ..composition import check_config_kwargs, loading_kwargs
 from ..initialization import GuardedInitMixin
 from ..safetensors_only import SafetensorsOnlyMixin
 from ..towers import load_text_tower, load_vision_config, load_vision_tower, tower_from_config
@@ -196,6 +196,7 @@ class HfMmClipModel(HfMmClipPreTrainedModel):
                 "quantization_config: hf_mm_clip composes its towers in full precision (both train, or one is locked "
                 "as in LiT). Drop it, or compose a generative family, whose LM can be quantized."
             )
+        check_config_kwargs(HfMmClipConfig, config_kwargs)
         load_kwargs = loading_kwargs(dtype, device_map, attn_implementation)
         vision_tower = load_vision_tower(vision_model_name_or_path, **load_kwargs)
         text_tower = load_text_tower(text_model_name_or_path, **load_kwargs)
