@@ -13,7 +13,6 @@ family; it is registered on its own so that AutoModel builds it like any other v
 
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
@@ -22,6 +21,7 @@ from transformers import (
 )
 
 from .families import FAMILIES, Family
+from .modeling.compat import AutoImageProcessor
 from .modeling.qwen2_5_vl import HfMmQwen2_5_ViTConfig, HfMmQwen2_5_ViTModel
 from .processing.image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
 

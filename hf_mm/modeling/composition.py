@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from ..tokens import IMAGE_TOKEN, prepare_tokenizer, stop_at_end_of_turn
-from .compat import CACHE_NAME
+from .compat import CACHE_NAME, MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
 from .heads import CausalLMHeadMixin
 from .initialization import GuardedInitMixin
 from .safetensors_only import SafetensorsOnlyMixin
@@ -36,17 +35,22 @@ FULL_PRECISION_ROLES = ("model.vision_tower", "model.bridge", "lm_head")
 
 
 @dataclass
-class ComposedModelOutputWithPast(BaseModelOutputWithPast):
-    """`last_hidden_state` (B, L, D) of the LM, plus the bridge outputs `image_hidden_states`."""
+class ComposedModelOutputWithPast(MultimodalBaseModelOutputWithPast):
+    """`last_hidden_state` (B, L, D) of the LM; `image_outputs` / `video_outputs`: the vision path's output, whose
+    `pooler_output` holds the bridge outputs the LM received (`image_hidden_states`, as in transformers' LLaVA)."""
 
-    image_hidden_states: torch.Tensor | None = None
+    @property
+    def image_hidden_states(self) -> torch.Tensor | None:
+        return None if self.image_outputs is None else self.image_outputs.pooler_output
 
 
 @dataclass
-class ComposedCausalLMOutputWithPast(CausalLMOutputWithPast):
-    """transformers' causal-LM output plus the bridge outputs `image_hidden_states`."""
+class ComposedCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
+    """transformers' multimodal causal-LM output; `image_hidden_states` as in `ComposedModelOutputWithPast`."""
 
-    image_hidden_states: torch.Tensor | None = None
+    @property
+    def image_hidden_states(self) -> torch.Tensor | None:
+        return None if self.image_outputs is None else self.image_outputs.pooler_output
 
 
 def loading_kwargs(dtype=None, device_map=None, attn_implementation=None) -> dict:
@@ -141,8 +145,9 @@ class ComposedModel(ComposedPreTrainedModel):
         return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), features)
 
     def prefix_forward(self, input_ids, pixel_values, inputs_embeds, past_key_values, image_kwargs: dict):
-        """Prefix fusion: ((B, L, D) embeddings with the bridge outputs at the `<image>` placeholders, the
-        (B_img, N, D) bridge outputs or None). Refuses placeholders without pixels (unless the cache holds them)."""
+        """Prefix fusion: ((B, L, D) embeddings with the bridge outputs at the `<image>` placeholders, the image
+        features output, whose `pooler_output` is the (B_img, N, D) bridge outputs, or None). Refuses placeholders
+        without pixels (unless the cache holds them)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -155,12 +160,13 @@ class ComposedModel(ComposedPreTrainedModel):
                     "features: 0. The text holds <image> placeholders but no pixel_values were given."
                 )
             return inputs_embeds, None
-        image_features = self.get_image_features(pixel_values, **image_kwargs).pooler_output  # (B_img, N, D)
-        flat = image_features.reshape(-1, inputs_embeds.shape[-1])
-        return self.scatter_features(inputs_embeds, placeholder_mask, flat), image_features
+        image_outputs = self.get_image_features(pixel_values, **image_kwargs)
+        flat = image_outputs.pooler_output.reshape(-1, inputs_embeds.shape[-1])  # (B_img * N, D)
+        return self.scatter_features(inputs_embeds, placeholder_mask, flat), image_outputs
 
-    def decode(self, inputs_embeds, attention_mask, position_ids, past_key_values, image_features, **kwargs):
-        """The LM decoder on the fused embeddings; `image_features` are returned as `image_hidden_states`."""
+    def decode(self, inputs_embeds, attention_mask, position_ids, past_key_values, image_outputs, **kwargs):
+        """The LM decoder on the fused embeddings; `image_outputs` (the vision path's `BaseModelOutputWithPooling`,
+        or None) are returned with the LM's outputs."""
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -169,10 +175,10 @@ class ComposedModel(ComposedPreTrainedModel):
         )
         return ComposedModelOutputWithPast(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=image_features,
+            image_outputs=image_outputs,
         )
 
 
@@ -214,10 +220,11 @@ class ComposedForConditionalGeneration(CausalLMHeadMixin, ComposedPreTrainedMode
         return ComposedCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=getattr(outputs, "image_hidden_states", None),
+            image_outputs=getattr(outputs, "image_outputs", None),
+            video_outputs=getattr(outputs, "video_outputs", None),
         )
 
     # Composition from pretrained parts --------------------------------------------------------------------------

@@ -14,8 +14,9 @@ divided by too many tokens. That case is logged once, with the count, instead of
 """
 
 import torch
-from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import logging
+
+from .compat import slice_logits_to_keep
 
 logger = logging.get_logger(__name__)
 

@@ -29,6 +29,22 @@ def check_image_types(images) -> None:
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+def check_placeholder_count(text, images, image_token: str) -> None:
+    """As many `image_token` placeholders in `text` as images, or a ValueError with both counts. transformers 5.24
+    refuses a mismatch while expanding; 5.16 stops with a bare StopIteration (too few images) or expands nothing
+    (no images), so hf_mm checks first, on every release."""
+    if text is None:
+        return
+    texts = [text] if isinstance(text, str) else list(text)
+    n_placeholders = sum(sample.count(image_token) for sample in texts)
+    n_images = len(_flatten_images(images)) if images is not None else 0
+    if n_placeholders != n_images:
+        raise ValueError(
+            f"The text holds {n_placeholders} {image_token!r} placeholders but {n_images} images were given: pass "
+            "one image per placeholder (the processor expands each into that image's run)."
+        )
+
+
 def _prepare_one(image, index: int):
     if not isinstance(image, PIL.Image.Image):
         return image

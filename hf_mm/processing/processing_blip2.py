@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import copy
 
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
 from ..modeling.blip2.configuration_blip2 import HfMmBlip2Config
+from ..modeling.compat import AutoImageProcessor
 from ..modeling.towers import load_vision_config
 from ..tokens import IMAGE_TOKEN, prepare_tokenizer
 from .processing_llava import HfMmLlavaProcessor

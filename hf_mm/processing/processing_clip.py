@@ -8,8 +8,9 @@ Texts and images are independent inputs (no placeholders). Choices written down:
 
 from __future__ import annotations
 
-from transformers import AutoImageProcessor, AutoTokenizer, ProcessorMixin
+from transformers import AutoTokenizer, ProcessorMixin
 
+from ..modeling.compat import AutoImageProcessor
 from ..tokens import set_pad_token
 from .inputs import prepare_images
 

@@ -14,8 +14,9 @@ in any order. `few_shot_prompt(demos, query_image)` builds Flamingo's k-shot pro
 
 from __future__ import annotations
 
-from transformers import AutoImageProcessor, AutoTokenizer
+from transformers import AutoTokenizer
 
+from ..modeling.compat import AutoImageProcessor
 from ..tokens import END_OF_CHUNK, IMAGE_TOKEN, prepare_flamingo_tokenizer
 from .processing_llava import HfMmLlavaProcessor
 

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import re
 
-from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, ProcessorMixin
+from transformers import AutoConfig, AutoTokenizer, ProcessorMixin
 from transformers.image_utils import get_image_size, to_numpy_array
 
 from ..modeling.bridges import get_bridge
+from ..modeling.compat import AutoImageProcessor
 from ..modeling.llava.configuration_llava import HfMmLlavaConfig
 from ..modeling.towers import load_vision_config
 from ..tokens import IMAGE_TOKEN, default_chat_template, prepare_tokenizer
-from .inputs import prepare_images
+from .inputs import check_placeholder_count, prepare_images
 
 
 class HfMmLlavaProcessor(ProcessorMixin):
@@ -115,6 +116,7 @@ class HfMmLlavaProcessor(ProcessorMixin):
 
     def prepare_inputs_layout(self, images=None, text=None, videos=None, audio=None, **kwargs):
         images = prepare_images(images)  # before transformers can open strings as paths or fetch them as URLs
+        check_placeholder_count(text, images, self.image_token)
         return super().prepare_inputs_layout(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def _check_special_mm_tokens(self, text: list[str], text_inputs, modalities: list[str]):

@@ -11,8 +11,9 @@ that would lose placeholders raises, naming it.
 from __future__ import annotations
 
 import numpy as np
-from transformers import AutoImageProcessor, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
 
+from ..modeling.compat import AutoImageProcessor
 from ..tokens import QWEN_VISION_TOKENS, prepare_qwen_tokenizer
 from .image_processing_qwen2_5_vl import HfMmQwen2_5_VLImageProcessor
 from .inputs import prepare_images

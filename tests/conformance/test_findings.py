@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from hf_mm import HfMmClipModel, HfMmLlavaForConditionalGeneration
 from hf_mm import testing as T
+from hf_mm.modeling.compat import CACHE_NAME
 from hf_mm.modeling.qwen2_5_vl import HfMmQwen2_5_VLForConditionalGeneration
 from hf_mm.modeling.qwen2_5_vl.configuration_qwen2_5_vl import HfMmQwen2_5_VLConfig
 
@@ -76,7 +77,7 @@ def test_flamingo_refuses_to_continue_from_a_cache_without_its_images():
     first = model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
     mask = torch.cat([inputs["attention_mask"], torch.ones_like(first.sequences[:, -2:])], 1)
     with pytest.raises(ValueError, match="pass the same images again"):
-        model.generate(input_ids=first.sequences, attention_mask=mask, past_key_values=first.past_key_values,
+        model.generate(input_ids=first.sequences, attention_mask=mask, **{CACHE_NAME: getattr(first, CACHE_NAME)},
                        max_new_tokens=2, do_sample=False)  # fmt: skip
 
 

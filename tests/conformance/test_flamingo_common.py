@@ -4,6 +4,7 @@ Llama layer). transformers has no Flamingo; its Flamingo-style model is Idefics,
 import unittest
 
 from hf_mm import testing as T
+from hf_mm.modeling.compat import enable_activation_checkpointing
 from hf_mm.modeling.flamingo import HfMmFlamingoForConditionalGeneration, HfMmFlamingoModel
 
 from .sdist import common_tests
@@ -42,7 +43,7 @@ class HfMmFlamingoCommonTest(common.ModelTesterMixin, common.GenerationTesterMix
         config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
         config.use_cache = False
         model = HfMmFlamingoForConditionalGeneration(config)
-        model.activation_checkpointing_enable()
+        enable_activation_checkpointing(model)
         model.train()
         inputs = self._prepare_for_class(inputs, HfMmFlamingoForConditionalGeneration, return_labels=True)
         model(**inputs).loss.backward()

@@ -8,6 +8,8 @@ contracts on inputs that carry pixels.
 import pytest
 import torch
 
+from hf_mm.modeling.compat import CACHE_NAME
+
 from .testers import generative_cases
 
 CASES = generative_cases()
@@ -99,5 +101,5 @@ def test_continuing_from_a_returned_cache(family):
     first = greedy(model, inputs, max_new_tokens=2, return_dict_in_generate=True)
     mask = torch.cat([inputs["attention_mask"], torch.ones_like(first.sequences[:, -2:])], 1)
     more = {**inputs, "input_ids": first.sequences, "attention_mask": mask}
-    continued = greedy(model, more, max_new_tokens=NEW - 2, past_key_values=first.past_key_values)
+    continued = greedy(model, more, max_new_tokens=NEW - 2, **{CACHE_NAME: getattr(first, CACHE_NAME)})
     assert torch.equal(continued, full)

@@ -5,6 +5,7 @@
 
 import dataclasses
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ import hf_mm.modeling.blip2.modeling_blip2
 import hf_mm.modeling.clip.modeling_clip
 import hf_mm.modeling.composition
 import hf_mm.modeling.qwen2_5_vl.modeling_qwen2_5_vit
+from hf_mm.modeling.compat import CACHE_NAME
 
 from .testers import generative_cases
 
@@ -58,7 +60,7 @@ def test_generate_grows_the_cache_it_returns(family):
     suppress = list(model.placeholder_token_ids())
     out = model.generate(**inputs, max_new_tokens=new, do_sample=False, return_dict_in_generate=True,
                          suppress_tokens=suppress)  # fmt: skip
-    cache = out.past_key_values
+    cache = getattr(out, CACHE_NAME)
     # The cache holds the prompt and every generated token but the last (whose keys are never computed).
     assert cache is not None and cache.get_seq_length() == inputs["input_ids"].shape[1] + new - 1
 
@@ -80,8 +82,14 @@ def test_forward_takes_the_cache_under_either_name(family):
         if family == "flamingo":
             step |= {"image_hidden_states": prefill.image_hidden_states,
                      "media_offsets": (inputs["input_ids"] == config.image_token_id).sum(1)}  # fmt: skip
-        old = model(**step, past_key_values=copy.deepcopy(prefill.past_key_values)).logits
-        new = model(**step, cache=copy.deepcopy(prefill.past_key_values)).logits
+        cache = getattr(prefill, CACHE_NAME)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            old = model(**step, past_key_values=copy.deepcopy(cache)).logits
+        new = model(**step, cache=copy.deepcopy(cache)).logits
     assert torch.equal(old, new)
+    # From 5.24 the old name is deprecated, as in transformers' own models; before, it is the only name.
+    deprecated = [w for w in caught if "`past_key_values` is deprecated" in str(w.message)]
+    assert len(deprecated) == (1 if CACHE_NAME == "cache" else 0)
     with pytest.raises(ValueError, match="pass the KV cache once"):
-        model(**step, cache=prefill.past_key_values, past_key_values=prefill.past_key_values)
+        model(**step, cache=cache, past_key_values=cache)

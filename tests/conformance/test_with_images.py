@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from hf_mm import HfMmClipModel
+from hf_mm.modeling.compat import enable_activation_checkpointing
 
 from .sdist import common_tests
 from .testers import DualEncoderTester, generative_cases, tiny_clip_config
@@ -97,7 +98,7 @@ def test_gradient_checkpointing_leaves_every_gradient_unchanged(family):
         model, inputs = build(family)
         model.train()
         if checkpointing:
-            model.activation_checkpointing_enable()
+            enable_activation_checkpointing(model)
         model(**inputs, labels=inputs["input_ids"]).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 20

@@ -15,8 +15,8 @@ Choices written down:
 
 from huggingface_hub.dataclasses import strict
 from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, Blip2QFormerConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
+from ..compat import CompositeConfig, SubConfigSpec
 from ..towers import FeatureLayerCompatMixin, check_feature_layer, check_text_config, is_buildable_tower
 
 
@@ -37,7 +37,7 @@ def check_vision_config(vision_config: PreTrainedConfig) -> None:
 
 
 @strict
-class HfMmBlip2Config(FeatureLayerCompatMixin, PreTrainedConfig):
+class HfMmBlip2Config(FeatureLayerCompatMixin, CompositeConfig):
     r"""
     vision_config: any vision encoder config. qformer_config: a `Blip2QFormerConfig` (BERT-like, cross-attention
     every `cross_attention_frequency` layers). text_config: any causal LM config (unused by the stage-1 model).

@@ -298,7 +298,7 @@ class HfMmBlip2ForConditionalGeneration(HfMmBlip2PreTrainedModel, ComposedForCon
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=past_key_values,  # the inner model takes both names; this one never warns
             inputs_embeds=inputs_embeds,
             qformer_input_ids=qformer_input_ids,
             qformer_attention_mask=qformer_attention_mask,

@@ -14,8 +14,8 @@ import math
 
 from huggingface_hub.dataclasses import strict
 from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
+from ..compat import CompositeConfig, SubConfigSpec
 from ..towers import is_buildable_tower
 
 LOSS_TYPES = ("infonce", "sigmoid")
@@ -53,7 +53,7 @@ def resolve_pooling(config: PreTrainedConfig, pooling: str, field: str) -> str:
 
 
 @strict
-class HfMmClipConfig(PreTrainedConfig):
+class HfMmClipConfig(CompositeConfig):
     r"""
     vision_config: any AutoConfig vision encoder. text_config: any AutoConfig text encoder or causal LM.
     projection_dim: width of the shared space (None: identity projections, the towers' outputs already share it).

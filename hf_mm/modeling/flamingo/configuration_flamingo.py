@@ -7,14 +7,14 @@ cross-attention dense block before every 4th decoder layer. Text uses `<image>` 
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
 from ..blip2.configuration_blip2 import check_vision_config
+from ..compat import CompositeConfig, SubConfigSpec
 from ..towers import FeatureLayerCompatMixin, check_feature_layer, check_text_config
 
 
 @strict
-class HfMmFlamingoConfig(FeatureLayerCompatMixin, PreTrainedConfig):
+class HfMmFlamingoConfig(FeatureLayerCompatMixin, CompositeConfig):
     r"""
     vision_config: any vision encoder config. text_config: any causal LM config.
     num_latents: resampler outputs per image. perceiver_depth / perceiver_heads / perceiver_head_dim: its blocks.

@@ -275,7 +275,8 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, ComposedModel):
                 text_time = self.restart_per_sample(text_time, is_image, position_ids)
         for block in self.bridge.gated_cross_attn:
             block.media, block.text_time = media, text_time
-        return self.decode(inputs_embeds, attention_mask, position_ids, past_key_values, media, **kwargs)
+        image_outputs = None if media is None else BaseModelOutputWithPooling(pooler_output=media)  # (B, M, n, D)
+        return self.decode(inputs_embeds, attention_mask, position_ids, past_key_values, image_outputs, **kwargs)
 
 
 class HfMmFlamingoForConditionalGeneration(HfMmFlamingoPreTrainedModel, ComposedForConditionalGeneration):
@@ -315,7 +316,7 @@ class HfMmFlamingoForConditionalGeneration(HfMmFlamingoPreTrainedModel, Composed
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=past_key_values,  # the inner model takes both names; this one never warns
             inputs_embeds=inputs_embeds,
             image_hidden_states=image_hidden_states,
             media_offsets=media_offsets,

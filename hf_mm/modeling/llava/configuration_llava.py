@@ -10,9 +10,9 @@ Choices the papers leave open, written down here:
 
 from huggingface_hub.dataclasses import strict
 from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_MAPPING, AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
 from ..bridges import get_bridge
+from ..compat import CompositeConfig, SubConfigSpec
 from ..towers import check_feature_layer, check_text_config
 
 FEATURE_SELECT_STRATEGIES = ("default", "full")
@@ -58,7 +58,7 @@ def check_vision_config(vision_config: PreTrainedConfig) -> None:
 
 
 @strict
-class HfMmLlavaConfig(PreTrainedConfig):
+class HfMmLlavaConfig(CompositeConfig):
     r"""
     vision_config: any AutoConfig vision encoder. text_config: any AutoConfig causal LM.
     bridge_type: one of `BRIDGES` (`linear`, `mlp2x_gelu`, `pixel_shuffle`, `perceiver`, `qwen_adapter`), or a

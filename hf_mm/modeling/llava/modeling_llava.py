@@ -139,7 +139,7 @@ class HfMmLlavaForConditionalGeneration(HfMmLlavaPreTrainedModel, ComposedForCon
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=past_key_values,  # the inner model takes both names; this one never warns
             inputs_embeds=inputs_embeds,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,

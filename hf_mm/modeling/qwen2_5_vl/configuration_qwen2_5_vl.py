@@ -7,8 +7,8 @@ to head_dim / 2; both are checked here, with the numbers, instead of failing ins
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
+from ..compat import CompositeConfig, SubConfigSpec
 from ..towers import check_text_config
 from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
 
@@ -18,7 +18,7 @@ def text_head_dim(text_config: PreTrainedConfig) -> int:
 
 
 @strict
-class HfMmQwen2_5_VLConfig(PreTrainedConfig):
+class HfMmQwen2_5_VLConfig(CompositeConfig):
     r"""
     vision_config: an `hf_mm_qwen2_5_vit` config (its `out_hidden_size` is the merger's output width).
     text_config: any AutoConfig causal LM with rotary position embeddings.

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 
 from ...tokens import prepare_qwen_tokenizer
@@ -22,6 +22,7 @@ from ..composition import (
     ComposedCausalLMOutputWithPast,
     ComposedForConditionalGeneration,
     ComposedModel,
+    ComposedModelOutputWithPast,
     ComposedPreTrainedModel,
 )
 from .configuration_qwen2_5_vit import HfMmQwen2_5_ViTConfig
@@ -165,18 +166,21 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel, ComposedModel):
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast:
+    ) -> ComposedModelOutputWithPast:
         past_key_values = take_cache(past_key_values, cache)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)  # (B, L, D)
         masks = self.placeholder_masks(input_ids, inputs_embeds)
+        image_outputs = video_outputs = None
         if pixel_values is not None:
-            features = torch.cat(self.get_image_features(pixel_values, image_grid_thw).pooler_output)
+            image_outputs = self.get_image_features(pixel_values, image_grid_thw)
+            features = torch.cat(image_outputs.pooler_output)
             inputs_embeds = self.scatter_features(inputs_embeds, masks[0], features, "image")
         if pixel_values_videos is not None:
-            features = torch.cat(self.get_video_features(pixel_values_videos, video_grid_thw).pooler_output)
+            video_outputs = self.get_video_features(pixel_values_videos, video_grid_thw)
+            features = torch.cat(video_outputs.pooler_output)
             inputs_embeds = self.scatter_features(inputs_embeds, masks[1], features, "video")
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         grids = (image_grid_thw, video_grid_thw, second_per_grid_ts)
@@ -199,7 +203,14 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel, ComposedModel):
             )  # fmt: skip
         finally:
             rotary.position_ids = None
-        return outputs
+        return ComposedModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            **{CACHE_NAME: getattr(outputs, CACHE_NAME)},
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=image_outputs,
+            video_outputs=video_outputs,
+        )
 
 
 HfMmQwen2_5_VLCausalLMOutput = ComposedCausalLMOutputWithPast  # the name earlier releases exported
@@ -264,7 +275,7 @@ class HfMmQwen2_5_VLForConditionalGeneration(HfMmQwen2_5_VLPreTrainedModel, Comp
             input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
             image_grid_thw=image_grid_thw, pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw,
             second_per_grid_ts=second_per_grid_ts, mm_token_type_ids=mm_token_type_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            cache=past_key_values, inputs_embeds=inputs_embeds, use_cache=use_cache,
             **{**kwargs, "return_dict": True},
         )  # fmt: skip
         return self.head_forward(outputs, input_ids, labels, logits_to_keep, **kwargs)
