@@ -43,6 +43,26 @@ def _images_of(example: dict) -> list:
     return list(example.get("images") or [])
 
 
+def expand_over_placeholders(short_ids: list, short_mask: list, long_ids: list, placeholder_ids: set) -> torch.Tensor:
+    """`short_mask` over `short_ids` carried onto `long_ids`, which are `short_ids` with each run of placeholders
+    expanded (or inserted, as BLIP-2's query tokens are). Placeholders are never targets, so they get False."""
+    mask, i = [], 0
+    for token in long_ids:
+        if token in placeholder_ids:
+            mask.append(False)
+            continue
+        while i < len(short_ids) and short_ids[i] in placeholder_ids:
+            i += 1
+        if i == len(short_ids) or short_ids[i] != token:
+            raise ValueError(
+                "The processor's token ids differ from its tokenizer's rendering of the same chat beyond the image "
+                f"placeholders (at position {len(mask)}), so the assistant turns cannot be located."
+            )
+        mask.append(bool(short_mask[i]))
+        i += 1
+    return torch.tensor(mask, dtype=torch.bool)
+
+
 @dataclasses.dataclass
 class VisionSFTCollator:
     """Collates SFT samples for any hf_mm processor. `dropped` counts the over-long samples dropped so far."""
@@ -57,6 +77,7 @@ class VisionSFTCollator:
         check_overlong(self.overlong)
         self.tokenizer = self.processor.tokenizer
         self.image_token_id = self.processor.image_token_id
+        self.placeholder_ids = {self.image_token_id, getattr(self.processor, "video_token_id", None)} - {None}
 
     def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
         encoded = []
@@ -103,17 +124,30 @@ class VisionSFTCollator:
             tokenize=True,
             return_dict=True,
             return_tensors="pt",
-            return_assistant_tokens_mask=True,
             processor_kwargs={"add_special_tokens": False, **self._instruction(messages)},
         )
-        mask = torch.as_tensor(out.pop("assistant_masks")).bool().reshape(out["input_ids"].shape)
+        mask = self._assistant_mask(messages, out["input_ids"][0])
         if not mask.any() and any(m["role"] == "assistant" for m in messages):
             raise ValueError(
                 "The chat template marks no assistant tokens, so the loss would be empty. Use a template with "
                 "{% generation %} markers around assistant content (hf_mm's default ChatML template has them)."
             )
-        out["labels"] = torch.where(mask, out["input_ids"], IGNORE_INDEX)
+        out["labels"] = torch.where(mask[None], out["input_ids"], IGNORE_INDEX)
         return dict(out)
+
+    def _assistant_mask(self, messages: list[dict], input_ids: torch.Tensor) -> torch.Tensor:
+        """(L,) True on the tokens inside the template's `{% generation %}` spans.
+
+        The spans are found on the tokenizer's rendering, before the processor expands each image placeholder into
+        its run: transformers before 5.2x located them with the offsets of the expanded text and so shifted them
+        by every expansion, silently. The mask is then carried onto the expanded ids, run by run.
+        """
+        text = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.processor.chat_template, tokenize=True, return_dict=True,
+            return_assistant_tokens_mask=True,
+        )  # fmt: skip
+        return expand_over_placeholders(text["input_ids"], text["assistant_masks"], input_ids.tolist(),
+                                        self.placeholder_ids)  # fmt: skip
 
     def _encode_prompt_completion(self, prompt, completion, images: list) -> dict[str, torch.Tensor]:
         if isinstance(prompt, str) != isinstance(completion, str):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hf_mm.testing import random_images, tiny_llava_config, tiny_llava_processor
-from hf_mm.training.collators import IGNORE_INDEX, VisionSFTCollator
+from hf_mm.training.collators import IGNORE_INDEX, VisionSFTCollator, expand_over_placeholders
 
 CONFIG = tiny_llava_config()
 PROCESSOR = tiny_llava_processor(CONFIG)
@@ -117,3 +117,14 @@ def test_a_template_without_generation_markers_is_refused():
 def test_unknown_sample_format_is_refused():
     with pytest.raises(ValueError, match="expected 'messages'"):
         VisionSFTCollator(PROCESSOR)([{"images": [], "text": "hello"}])
+
+
+def test_assistant_mask_is_carried_across_placeholder_runs_and_insertions():
+    """The mask found on the unexpanded rendering lands on the same tokens after each placeholder (9) becomes a run,
+    and after a processor inserts a run where the text had none (BLIP-2's query tokens)."""
+    short_ids, short_mask = [1, 9, 2, 3, 9, 4, 5], [0, 0, 0, 1, 0, 0, 1]
+    long_ids = [9, 9, 1, 9, 9, 9, 2, 3, 9, 4, 5]
+    got = expand_over_placeholders(short_ids, short_mask, long_ids, {9})
+    assert got.tolist() == [False, False, False, False, False, False, False, True, False, False, True]
+    with pytest.raises(ValueError, match="differ from its tokenizer's rendering"):
+        expand_over_placeholders(short_ids, short_mask, [1, 9, 2, 7, 9, 4, 5], {9})
