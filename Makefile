@@ -4,7 +4,17 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo fuzz clean
+.PHONY: install test lint demo fuzz clean test-compat compat-leg coinstall test-torch-newest
+
+# The other end of the transformers window. Each leg has its own venv: 5.16.1 with every other dependency at the
+# lower bound pyproject.toml declares (.ci/lowest.txt), and the newest 5.20 (the highest vLLM 0.33 accepts) with the
+# newest of the rest. A leg runs the parity, generation, save/load and training-smoke tests (COMPAT_TESTS).
+COMPAT_LEGS ?= 5.16.1 5.20.2
+COMPAT_TESTS ?= tests/convert tests/modeling tests/conformance/test_generation.py \
+	tests/conformance/test_with_images.py tests/conformance/test_output_classes.py tests/test_auto_and_pipeline.py \
+	tests/test_remote_code.py tests/reliability/test_safetensors_only.py tests/training/test_sft.py \
+	tests/training/test_dpo.py tests/training/test_gradient_accumulation.py tests/test_hub.py \
+	tests/data tests/test_compare.py tests/reliability/test_fuzz.py
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,8 +38,33 @@ test: lint
 fuzz: install
 	HF_MM_FUZZ_EXAMPLES=10000 $(PY) -m pytest -q -p no:cacheprovider --hypothesis-show-statistics tests/reliability/test_fuzz.py
 
+test-compat:
+	@for v in $(COMPAT_LEGS); do $(MAKE) --no-print-directory compat-leg LEG=$$v || exit 1; done
+
+# One leg: `make compat-leg LEG=5.16.1`. The lowest leg pins every runtime dependency to its lower bound.
+compat-leg:
+	test -x .venv-tf$(LEG)/bin/python || python3 -m venv .venv-tf$(LEG)
+	.venv-tf$(LEG)/bin/python -m pip install -q --upgrade pip
+	.venv-tf$(LEG)/bin/python -m pip install -q "$(TORCH)"
+	.venv-tf$(LEG)/bin/python -m pip install -q -e ".[dev]" "transformers==$(LEG)" \
+		$(if $(filter $(LEG),$(firstword $(COMPAT_LEGS))),-c .ci/lowest.txt)
+	.venv-tf$(LEG)/bin/python -c "import transformers, torch; print('leg', transformers.__version__, torch.__version__)"
+	.venv-tf$(LEG)/bin/python -m ruff check -q hf_mm tests benchmarks
+	.venv-tf$(LEG)/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS)
+
+# pip's resolver: hf-mm beside vLLM 0.33, SGLang 0.5.23 and TRL's vLLM extra (metadata only, about a minute).
+coinstall: install
+	scripts/coinstall.sh $(PY)
+
+# The newest torch on PyPI (a CUDA build of several GB; not in CI). PIP_CONFIG_FILE=/dev/null lifts a machine-wide
+# pip cap on torch where one is set; the rest of the stack is the newest too.
+test-torch-newest:
+	test -x .venv-torch-newest/bin/python || python3 -m venv .venv-torch-newest
+	PIP_CONFIG_FILE=/dev/null .venv-torch-newest/bin/python -m pip install -q --upgrade pip torch -e ".[dev]"
+	.venv-torch-newest/bin/python -m pytest -q -p no:cacheprovider
+
 demo: install
 	$(VENV)/bin/hf-mm demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-tf* build *.egg-info
