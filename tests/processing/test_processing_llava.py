@@ -52,11 +52,11 @@ def test_batches_pad_on_the_tokenizer_side():
     assert len(mask[0]) == len(mask[1]) and mask[1][0] == 0 and mask[1][-1] == 1
 
 
-@pytest.mark.parametrize("n_images, match", [(1, "Found total 2 <image> tokens and 1 images"), (0, "no images")])
-def test_placeholder_and_image_counts_must_agree(n_images, match):
+@pytest.mark.parametrize("n_images", [1, 0, 3])
+def test_placeholder_and_image_counts_must_agree(n_images):
     _, processor = processor_for()
     images = T.random_images(n_images) if n_images else None
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=f"holds 2 '<image>' placeholders but {n_images} images were given"):
         processor(images=images, text="<image> and <image>")
 
 
