@@ -44,6 +44,16 @@ def _export_remote_code(args: argparse.Namespace) -> None:
     print(f"Wrote {len(written)} module files and auto_map to {args.dir}: loadable with trust_remote_code=True.")
 
 
+def _export_transformers(args: argparse.Namespace) -> None:
+    from .export import NotExportable, export_transformers
+
+    try:
+        name = export_transformers(args.src, args.dst)
+    except NotExportable as error:
+        raise SystemExit(f"Not exported: {error}") from None
+    print(f"Wrote {args.dst}: a {name} checkpoint that transformers loads without hf_mm.")
+
+
 def _bench(argv: list[str]) -> None:
     # The harness lives in the repository's benchmarks/ (it is not part of the installed package).
     sys.path.insert(0, os.getcwd())
@@ -116,6 +126,13 @@ def main(argv: list[str] | None = None) -> None:
     export = commands.add_parser("export-remote-code", help="write auto_map + module files for trust_remote_code")
     export.add_argument("dir", help="a saved hf_mm model folder")
     export.set_defaults(func=_export_remote_code)
+    native = commands.add_parser(
+        "export-transformers",
+        help="write the exactly equivalent transformers checkpoint (LLaVA, BLIP-2, Qwen2.5-VL, CLIP)",
+    )
+    native.add_argument("src", help="a saved hf_mm model folder")
+    native.add_argument("dst", help="the folder to write the transformers checkpoint and processor to")
+    native.set_defaults(func=_export_transformers)
     args = parser.parse_args(argv)
     args.func(args)
 
