@@ -6,9 +6,10 @@ import PIL.Image
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoImageProcessor, Qwen2VLImageProcessorPil
+from transformers import Qwen2VLImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as reference_smart_resize
 
+from hf_mm.modeling.compat import AutoImageProcessor  # `transformers.AutoImageProcessor` needs torchvision on 5.16
 from hf_mm.processing.image_processing_qwen2_5_vl import (
     HfMmQwen2_5_VLImageProcessor,
     map_box,
