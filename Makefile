@@ -14,7 +14,8 @@ COMPAT_TESTS ?= tests/convert tests/modeling tests/conformance/test_generation.p
 	tests/conformance/test_with_images.py tests/conformance/test_output_classes.py tests/test_auto_and_pipeline.py \
 	tests/test_remote_code.py tests/reliability/test_safetensors_only.py tests/training/test_sft.py \
 	tests/training/test_dpo.py tests/training/test_gradient_accumulation.py tests/test_hub.py \
-	tests/data tests/test_compare.py tests/reliability/test_fuzz.py tests/processing
+	tests/data tests/test_compare.py tests/reliability/test_fuzz.py tests/processing \
+	tests/test_serving_contract.py tests/test_export_transformers.py
 
 $(PY):
 	python3 -m venv $(VENV)

@@ -114,7 +114,7 @@ class HfMmQwen2_5_VLImageProcessor(PilBackend):
 
     def resized_size(self, height: int, width: int, size: SizeDict | None = None) -> tuple[int, int]:
         """The processed (height, width) of an image of `height` x `width` pixels."""
-        size = size or SizeDict(**self.size)
+        size = size or (self.size if isinstance(self.size, SizeDict) else SizeDict(**self.size))
         factor = self.patch_size * self.merge_size
         return smart_resize(height, width, factor, size.shortest_edge, size.longest_edge, self.max_aspect_ratio)
 

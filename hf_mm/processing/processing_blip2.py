@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 
 from transformers import AutoConfig, AutoTokenizer
+from transformers.processing_utils import MultiModalData
 
 from ..modeling.blip2.configuration_blip2 import HfMmBlip2Config
 from ..modeling.compat import AutoImageProcessor
@@ -125,6 +126,11 @@ class HfMmBlip2Processor(HfMmLlavaProcessor):
     def num_image_tokens(self, height: int, width: int) -> int:
         """The Q-Former emits `num_query_tokens` per image, whatever its size."""
         return self.num_query_tokens
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """`num_query_tokens` placeholders (and 1 pixel tensor) per image: what serving engines size runs with."""
+        n = len(image_sizes or [])
+        return MultiModalData(num_image_tokens=[self.num_query_tokens] * n, num_image_patches=[1] * n)
 
     def __call__(self, images=None, text=None, qformer_text=None, **kwargs):
         outputs = super().__call__(images=images, text=text, **kwargs)

@@ -18,6 +18,7 @@ import re
 
 from transformers import AutoConfig, AutoTokenizer, ProcessorMixin
 from transformers.image_utils import get_image_size, to_numpy_array
+from transformers.processing_utils import MultiModalData
 
 from ..modeling.bridges import get_bridge
 from ..modeling.compat import AutoImageProcessor
@@ -109,6 +110,22 @@ class HfMmLlavaProcessor(ProcessorMixin):
         rule = get_bridge(self.bridge_type).tokens_per_image
         grid = (height // self.patch_size, width // self.patch_size)
         return rule(self.bridge_settings, *grid, self.num_additional_image_tokens)
+
+    def processed_size(self) -> tuple[int, int]:
+        """(height, width) of every image after the image processor: the crop if it crops, else its fixed size."""
+        processor = self.image_processor
+        size = processor.crop_size if getattr(processor, "do_center_crop", False) else processor.size
+        if not (size and size.get("height") and size.get("width")):
+            raise ValueError(f"{type(processor).__name__} has no fixed output size (size={processor.size!r}).")
+        return size["height"], size["width"]
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Placeholders (and 1 pixel tensor) per image of `image_sizes`: how vLLM's and SGLang's transformers
+        backends size each image's run before they call the processor."""
+        if image_sizes is None:
+            return MultiModalData()
+        count = self.num_image_tokens(*self.processed_size())
+        return MultiModalData(num_image_tokens=[count] * len(image_sizes), num_image_patches=[1] * len(image_sizes))
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         height, width = get_image_size(to_numpy_array(image_inputs["pixel_values"][image_idx]))

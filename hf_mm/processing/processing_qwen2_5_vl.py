@@ -10,8 +10,11 @@ that would lose placeholders raises, naming it.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers.processing_utils import MultiModalData
 
 from ..modeling.compat import AutoImageProcessor
 from ..tokens import QWEN_VISION_TOKENS, prepare_qwen_tokenizer
@@ -61,14 +64,42 @@ class HfMmQwen2_5_VLProcessor(ProcessorMixin):
             raise ValueError(f"More inputs than {token} placeholders in the text; add one placeholder per input.")
         return out
 
+    def replacement_offsets(self, text: list[str], counts: dict[str, list[int]]) -> list[list[dict]]:
+        """Where each placeholder went, per sample, in transformers' `text_replacement_offsets` format: serving
+        engines (vLLM) locate each image's run with it."""
+        tokens = {"image": self.image_token, "video": self.video_token}
+        pattern = "|".join(f"(?P<{kind}>{re.escape(token)})" for kind, token in tokens.items())
+        queues, batch = {kind: iter(counts.get(kind, [])) for kind in tokens}, []
+        for sample in text:
+            shift, entries = 0, []
+            for match in re.finditer(pattern, sample):
+                replacement = tokens[match.lastgroup] * next(queues[match.lastgroup])
+                start = match.start() + shift
+                entries.append({"type": match.lastgroup, "span": match.span(), "text": match.group(),
+                                "new_span": (start, start + len(replacement)), "replacement": replacement})  # fmt: skip
+                shift += len(replacement) - len(match.group())
+            batch.append(entries)
+        return batch
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Placeholders and patches per image of `image_sizes` (height, width), after `smart_resize`."""
+        processor, tokens, patches = self.image_processor, [], []
+        for height, width in image_sizes or []:
+            resized = processor.resized_size(height, width)
+            patches.append((resized[0] // processor.patch_size) * (resized[1] // processor.patch_size))
+            tokens.append(patches[-1] // processor.merge_size**2)
+        return MultiModalData(num_image_tokens=tokens, num_image_patches=patches) if image_sizes else MultiModalData()
+
     def __call__(self, images=None, text=None, videos=None, fps=None, **kwargs) -> BatchFeature:
-        text = [text] if isinstance(text, str) else list(text or [])
+        text = original = [text] if isinstance(text, str) else list(text or [])
         return_tensors = kwargs.pop("return_tensors", None)
-        data, merge = {}, self.image_processor.merge_size**2
+        return_offsets = kwargs.pop("return_text_replacement_offsets", False)
+        data, merge, counts = {}, self.image_processor.merge_size**2, {}
         if images is not None:
             images = prepare_images(images)
             data.update(self.image_processor(images=images, return_tensors="np"))
-            text = self._expand(text, self.image_token, [int(np.prod(g)) // merge for g in data["image_grid_thw"]])
+            counts["image"] = [int(np.prod(g)) // merge for g in data["image_grid_thw"]]
+            text = self._expand(text, self.image_token, counts["image"])
         else:
             text = self._expand(text, self.image_token, [])  # placeholders without images: refused, by sample
         if videos is not None:
@@ -76,14 +107,18 @@ class HfMmQwen2_5_VLProcessor(ProcessorMixin):
             parts = [self.image_processor.process_video(video, rate) for video, rate in zip(videos, fps, strict=True)]
             for key in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts"):
                 data[key] = np.concatenate([part[key] for part in parts])
-            text = self._expand(text, self.video_token, [int(np.prod(g)) // merge for g in data["video_grid_thw"]])
+            counts["video"] = [int(np.prod(g)) // merge for g in data["video_grid_thw"]]
+            text = self._expand(text, self.video_token, counts["video"])
         else:
             text = self._expand(text, self.video_token, [])
         tokens = self.tokenizer(text, **kwargs)
         self._check_runs(text, tokens["input_ids"])
         ids = tokens["input_ids"]
         types = [[1 if t == self.image_token_id else 2 if t == self.video_token_id else 0 for t in row] for row in ids]
-        return BatchFeature(data={**tokens, **data, "mm_token_type_ids": types}, tensor_type=return_tensors)
+        out = BatchFeature(data={**tokens, **data, "mm_token_type_ids": types}, tensor_type=return_tensors)
+        if return_offsets:
+            out["text_replacement_offsets"] = self.replacement_offsets(original, counts)
+        return out
 
     def _check_runs(self, text: list[str], input_ids) -> None:
         for index, (sample, ids) in enumerate(zip(text, input_ids)):

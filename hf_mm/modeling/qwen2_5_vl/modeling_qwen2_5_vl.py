@@ -127,6 +127,25 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel, ComposedModel):
             input_ids, inputs_embeds, video
         )
 
+    def get_rope_index(
+        self,
+        input_ids,
+        image_grid_thw=None,
+        video_grid_thw=None,
+        second_per_grid_ts=None,
+        mm_token_type_ids=None,
+        attention_mask=None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """((3, B, L) M-RoPE ids, (B, 1) deltas) of a prompt, as transformers' Qwen2.5-VL computes them: what vLLM
+        calls once per prompt before it feeds the ids back as `position_ids`."""
+        if mm_token_type_ids is None:
+            image, video = input_ids == self.config.image_token_id, input_ids == self.config.video_token_id
+            mm_token_type_ids = torch.where(image, IMAGE, torch.where(video, VIDEO, TEXT))
+        vision = self.config.vision_config
+        return mrope_position_ids(mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts,
+                                  attention_mask, vision.spatial_merge_size, vision.tokens_per_second)  # fmt: skip
+
     def _position_ids(self, masks, mm_token_type_ids, attention_mask, grids, length: int, past: int, packed=None):
         """(3, B, L) M-RoPE ids: built from the token types (or the placeholder `masks`) at prefill, continued from
         `rope_deltas` after. `packed`: 1D position ids restarting per sample (padding-free packing); each sample
@@ -185,17 +204,21 @@ class HfMmQwen2_5_VLModel(HfMmQwen2_5_VLPreTrainedModel, ComposedModel):
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
         grids = (image_grid_thw, video_grid_thw, second_per_grid_ts)
         rotary = self.language_model.rotary_emb
-        # Packed rows: 1D positions restarting per sample and no mask (transformers then masks per sample, too).
-        packed = kwargs.get("position_ids") if attention_mask is None and past == 0 else None
-        rotary.position_ids = self._position_ids(
-            masks,
-            mm_token_type_ids,
-            padding_mask_2d(attention_mask, inputs_embeds.shape[1]),
-            grids,
-            inputs_embeds.shape[1],
-            past,
-            packed,
-        ).to(inputs_embeds.device)
+        given = kwargs.get("position_ids")
+        if given is not None and given.dim() == 3:  # (3, B, L) M-RoPE ids from the caller (vLLM, get_rope_index)
+            rotary.position_ids, kwargs["position_ids"] = given, given[0]
+        else:
+            # Packed rows: 1D positions restarting per sample and no mask (transformers then masks per sample, too).
+            packed = given if attention_mask is None and past == 0 else None
+            rotary.position_ids = self._position_ids(
+                masks,
+                mm_token_type_ids,
+                padding_mask_2d(attention_mask, inputs_embeds.shape[1]),
+                grids,
+                inputs_embeds.shape[1],
+                past,
+                packed,
+            ).to(inputs_embeds.device)
         try:
             outputs = self.language_model(
                 inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=use_cache,
