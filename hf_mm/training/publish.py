@@ -11,6 +11,7 @@ import dataclasses
 from collections import Counter
 from pathlib import Path
 
+import torch
 from transformers import TrainerCallback
 
 from .. import hub
@@ -120,15 +121,25 @@ def score_split(model, processor, dataset, split: str = "test", max_new_tokens: 
 
 
 def finish(trainer, processor, record: dict, plan: HubPlan | None) -> None:
-    """On the main process: the processor, the training record and the card next to the weights; then the push."""
-    if not trainer.is_world_process_zero():
-        return
-    out = trainer.args.output_dir
-    trainer.save_state()  # trainer_state.json: the log the record's numbers come from
-    processor.save_pretrained(out)
-    hub.write_training_record(out, record)
-    hub.save_model_card(out, plan.repo_id if plan else None)
-    if plan:
-        commit = hub.push(out, plan.repo_id, private=plan.private, revision=plan.revision,
-                          commit_message=f"Trained with hf-mm {record['recipe']}: {record['global_step']} steps")  # fmt: skip
-        print(f"Pushed {out} to {commit.commit_url}")
+    """On the main process: the processor, the training record and the card next to the weights; then the push.
+    Every rank then leaves the process group together (`close_process_group`)."""
+    if trainer.is_world_process_zero():
+        out = trainer.args.output_dir
+        trainer.save_state()  # trainer_state.json: the log the record's numbers come from
+        processor.save_pretrained(out)
+        hub.write_training_record(out, record)
+        hub.save_model_card(out, plan.repo_id if plan else None)
+        if plan:
+            commit = hub.push(out, plan.repo_id, private=plan.private, revision=plan.revision,
+                              commit_message=f"Trained with hf-mm {record['recipe']}: {record['global_step']} steps")  # fmt: skip
+            print(f"Pushed {out} to {commit.commit_url}")
+    close_process_group(trainer)
+
+
+def close_process_group(trainer) -> None:
+    """Wait for the main rank to finish writing, then destroy the process group on every rank. A rank that exits
+    while the group is alive can abort in gloo's threads ("terminate called without an active exception"), which
+    fails the launch although the run succeeded."""
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
