@@ -24,6 +24,10 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[dev]"
+	# lmms-eval for its CLI test, without its GPU stack (torchvision, opencv, wandb ...): the extra `eval` installs
+	# it whole; CI takes what its CLI imports for a generate_until task (.ci/lmms-eval.txt).
+	$(PY) -m pip install -q --no-deps "lmms-eval==0.7.3"
+	$(PY) -m pip install -q -r .ci/lmms-eval.txt
 	touch $(STAMP)
 
 install: $(STAMP)

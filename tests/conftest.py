@@ -11,3 +11,14 @@ import torch  # noqa: E402
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def quick_demo_model(tmp_path_factory):
+    """The quick demo's model, trained once per session (a pretrained tower and LM, aligned then instructed on
+    shapes VQA) and saved: the briefly SFT-ed starting point of the evaluation and RL tests."""
+    from hf_mm.apps import demo
+
+    folder = tmp_path_factory.mktemp("quick-demo") / "model"
+    demo.main(["--quick", "--output-dir", str(folder)])
+    return folder

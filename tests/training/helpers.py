@@ -5,6 +5,7 @@ import PIL.Image
 from datasets import Dataset
 from trl import DPOConfig, ModelConfig, SFTConfig
 
+from hf_mm.apps import demo
 from hf_mm.data import synthetic
 from hf_mm.testing import random_images, tiny_llava_config
 from hf_mm.training.setup import prepare_model
@@ -98,3 +99,9 @@ def preference_dataset(n: int = 8) -> Dataset:
 def dpo_args(tmp_path, **kwargs) -> DPOConfig:
     defaults = dict(TRAINER_DEFAULTS, output_dir=str(tmp_path / "dpo"), learning_rate=5e-3, beta=0.1)
     return DPOConfig(**{**defaults, **kwargs})
+
+
+def quick_demo_held_out(n: int, seed: int = 0) -> list[dict]:
+    """Held-out shapes-VQA samples in the quick demo's format."""
+    size = demo.PRESETS["quick"].image_size
+    return synthetic.shapes_vqa(n, seed=seed, image_size=size, question_types=demo.QUESTION_TYPES, split="test")
