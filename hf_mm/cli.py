@@ -2,12 +2,14 @@
 
 hf-mm sft --config recipes/llava15_instruct.yaml [--field value ...]   supervised fine-tuning (TRL SFTTrainer)
 hf-mm dpo --config recipes/dpo.yaml [--field value ...]                preference tuning (TRL DPOTrainer)
+hf-mm grpo --config recipes/grpo_grounding.yaml [--field value ...]    RL with verifiable rewards (TRL GRPOTrainer)
 hf-mm contrastive --config recipes/clip_digits.yaml                     CLIP / SigLIP training
 hf-mm qformer --config recipes/blip2_stage1.yaml                        BLIP-2 stage 1 (ITC + ITM + ITG)
 hf-mm demo [--quick]                                                   the learning demo (align, then instruct)
 hf-mm convert llava|blip2|clip|siglip|qwen2_5_vl SRC DST              import a transformers checkpoint
 hf-mm push OUTPUT_DIR REPO_ID [--private]                              upload model, processor and card, one commit
 hf-mm export-remote-code DIR                                           make DIR loadable without hf_mm (remote code)
+hf-mm export-transformers SRC DST                                      the exactly equivalent transformers checkpoint
 hf-mm bench [--preset small|gpu|smoke]                                 hf_mm vs transformers (from a checkout)
 hf-mm compare [--quick]                                                every bridge on the same towers and tasks
 """
@@ -70,6 +72,8 @@ def _recipe(command: str, argv: list[str]) -> None:
         from .training.sft import main
     elif command == "dpo":
         from .training.dpo import main
+    elif command == "grpo":
+        from .training.grpo import main
     elif command == "contrastive":
         from .training.contrastive import main
     elif command == "qformer":
@@ -85,7 +89,7 @@ def _recipe(command: str, argv: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("sft", "dpo", "contrastive", "qformer", "demo"):
+    if argv and argv[0] in ("sft", "dpo", "grpo", "contrastive", "qformer", "demo"):
         return _recipe(argv[0], argv[1:])
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     recipes = (
         ("sft", "supervised fine-tuning"),
         ("dpo", "preference tuning"),
+        ("grpo", "RL with verifiable rewards (TRL GRPOTrainer)"),
         ("contrastive", "CLIP training"),
         ("qformer", "BLIP-2 stage-1 Q-Former training"),
     )

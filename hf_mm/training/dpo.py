@@ -31,7 +31,7 @@ from .setup import (
     resolve_stage,
     save_composed_base,
 )
-from .sft import run_record, save_and_report
+from .sft import train_and_save
 from .stages import RoleSettings, get_stage
 
 logger = logging.getLogger(__name__)
@@ -131,11 +131,7 @@ def main(argv: list[str] | None = None) -> None:
         overlong=data_args.overlong,
         callbacks=hub_callbacks(plan),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-
-    # Save (and push)
-    record = run_record(trainer, "dpo", hf_args, model_args, data_args, stage)
-    save_and_report(trainer, processor, training_args, model_args.use_peft, record, plan)
+    train_and_save(trainer, "dpo", processor, hf_args, model_args, data_args, stage, plan)
 
 
 if __name__ == "__main__":

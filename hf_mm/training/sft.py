@@ -112,6 +112,13 @@ def run_record(trainer, recipe, hf_args, model_args, data_args, stage, scores=No
     return training_record(trainer, recipe, hf_args.stage, stage, bases, names, scores)
 
 
+def train_and_save(trainer, recipe: str, processor, hf_args, model_args, data_args, stage, plan=None) -> None:
+    """Train (resuming if asked), then save and report with the run's record: the end of every RL-style recipe."""
+    trainer.train(resume_from_checkpoint=trainer.args.resume_from_checkpoint)
+    record = run_record(trainer, recipe, hf_args, model_args, data_args, stage)
+    save_and_report(trainer, processor, trainer.args, model_args.use_peft, record, plan)
+
+
 def save_and_report(trainer, processor, training_args, adapter: bool, record: dict, plan=None) -> None:
     """Save the model (or adapter) with its processor, record and card, push if asked, and say how to load it."""
     trainer.save_model(training_args.output_dir)
@@ -126,7 +133,7 @@ def save_and_report(trainer, processor, training_args, adapter: bool, record: di
         base = trainer.model.peft_config["default"].base_model_name_or_path
         load = f"PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained({base!r}), {out!r})"
     print(
-        f"Saved to {out} ({trainer.collator.dropped} over-long samples dropped).\n"
+        f"Saved to {out} ({getattr(getattr(trainer, 'collator', None), 'dropped', 0)} over-long samples dropped).\n"
         f"Load it with: import hf_mm; from transformers import AutoModelForImageTextToText, AutoProcessor; "
         f"model = {load}; processor = AutoProcessor.from_pretrained({out!r})"
     )
