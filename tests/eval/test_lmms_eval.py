@@ -30,6 +30,7 @@ def test_lmms_eval_cli_scores_as_hf_mm_does(trained, tmp_path):
     metrics, answers = run_lmms_eval(root, tmp_path / "task", task, tmp_path / "out", limit=len(samples))
     ours = predict(model, processor, samples)
     expected = evaluate(ours, samples)["overall"]
+    print(f"lmms-eval score {metrics['score,none']:.4f}; hf_mm's scorer {expected:.4f} on {len(samples)} samples")
     assert answers == [answer.split("\n")[0] for answer in ours]  # lmms-eval stops at "\n"; hf_mm keeps it
     assert metrics["score,none"] == pytest.approx(expected) and expected > 0.3  # chance: 1/6 colours, 1/3 shapes
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainingArguments
-from trl import DPOConfig, ModelConfig, SFTConfig, TrlParser
+from trl import DPOConfig, GRPOConfig, ModelConfig, SFTConfig, TrlParser
 
 from hf_mm import HfMmLlavaForConditionalGeneration
 from hf_mm.cli import main
@@ -32,7 +32,7 @@ def parse(recipe: pathlib.Path):
         parser = TrlParser((arguments, TrainingArguments, ModelConfig))
         hf_args, training_args, model_args = parser.parse_args_and_config(["--config", str(recipe), "--bf16", "false"])
         return hf_args, training_args, model_args
-    config = DPOConfig if recipe.name.startswith("dpo") else SFTConfig
+    config = {"dpo": DPOConfig, "grpo": GRPOConfig}.get(recipe.name.split("_")[0].split(".")[0], SFTConfig)
     parser = TrlParser((HfMmArguments, DataArguments, config, ModelConfig))
     hf_args, _, training_args, model_args = parser.parse_args_and_config(["--config", str(recipe), "--bf16", "false"])
     return hf_args, training_args, model_args
