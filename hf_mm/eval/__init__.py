@@ -1,6 +1,7 @@
 """Scoring: hf_mm's synthetic tasks (``scorers``, answers from ``predict``) and dual encoders' zero-shot classification and retrieval."""
 
 from .generation import predict
+from .reliance import vision_reliance
 from .scorers import (
     box_iou,
     evaluate,
@@ -28,4 +29,5 @@ __all__ = [
     "parse_box",
     "predict",
     "score",
+    "vision_reliance",
 ]

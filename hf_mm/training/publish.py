@@ -19,6 +19,23 @@ from ..eval import evaluate, predict
 from ..eval.scorers import BOX_TASKS
 
 
+class TaskScoreCallback(TrainerCallback):
+    """Scores the live model (no second copy) with hf_mm's task scorers on `dataset` at every evaluation, logs
+    `score/<task>` into the trainer's log history, and keeps the latest rows (`latest`) for the training record,
+    whose `eval` rows become the model card's `model-index`."""
+
+    def __init__(self, processor, dataset, max_new_tokens: int = 32):
+        self.processor, self.dataset, self.max_new_tokens = processor, dataset, max_new_tokens
+        self.latest: list[dict] | None = None
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self.latest = score_split(model, self.processor, self.dataset, max_new_tokens=self.max_new_tokens)
+        row = {f"score/{r['task']}/{r['metric']}": r["value"] for r in self.latest}
+        state.log_history.append({**row, "step": state.global_step})
+
+
 def training_record(
     trainer, recipe: str, stage_name: str, stage: dict, base_models: dict, datasets: list[str], scores=None
 ) -> dict:

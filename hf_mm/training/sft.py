@@ -15,7 +15,7 @@ from .collators import DroppedSamplesCallback, VisionSFTCollator
 from .data_args import DataArguments, dataset_names, load_train_eval
 from .guards import TrainingGuardsMixin
 from .packing import VisionPackingCollator
-from .publish import finish, hub_callbacks, hub_plan, score_split, training_record
+from .publish import TaskScoreCallback, finish, hub_callbacks, hub_plan, score_split, training_record
 from .setup import (
     HfMmArguments,
     RoleOptimizerMixin,
@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     # Dataset
     train_dataset, eval_dataset = load_train_eval(data_args)
 
-    # Training
+    # Training; with score_eval, every evaluation also scores the live model with hf_mm's task scorers
+    scoring = TaskScoreCallback(processor, eval_dataset) if data_args.score_eval and eval_dataset else None
     trainer = HfMmSFTTrainer(
         model=model,
         args=training_args,
@@ -91,13 +92,13 @@ def main(argv: list[str] | None = None) -> None:
         eval_dataset=eval_dataset,
         stage=stage,
         overlong=data_args.overlong,
-        callbacks=hub_callbacks(plan),
+        callbacks=[*hub_callbacks(plan), *([scoring] if scoring else [])],
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
-    # Save, record, card (and push)
+    # Save, record, card (and push): the scores of the final model
     scores = None
-    if data_args.score_eval and eval_dataset is not None and trainer.is_world_process_zero():
+    if scoring is not None and trainer.is_world_process_zero():
         scores = score_split(trainer.model, processor, eval_dataset)
     record = run_record(trainer, "sft", hf_args, model_args, data_args, stage, scores)
     save_and_report(trainer, processor, training_args, model_args.use_peft, record, plan)
