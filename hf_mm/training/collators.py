@@ -19,7 +19,6 @@ import logging
 from typing import Any, Literal
 
 import torch
-from transformers import TrainerCallback
 from trl.data_utils import prepare_multimodal_messages
 
 logger = logging.getLogger(__name__)
@@ -212,15 +211,17 @@ class VisionSFTCollator:
         return batch
 
 
-class DroppedSamplesCallback(TrainerCallback):
-    """Adds the collator's count of dropped over-long samples to every log line (`dropped_overlong`)."""
+class DroppedCountLogMixin:
+    """Trainer mixin: every log line carries the collator's count of dropped over-long samples (`dropped_overlong`),
+    in the log history and in every reporter. It is added before `Trainer.log` writes them: a callback's `on_log`
+    runs after the history entry is copied and after the built-in reporters, so a count added there reaches neither.
+    """
 
-    def __init__(self, collator: VisionSFTCollator):
-        self.collator = collator
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        collator = getattr(self, "collator", None)
+        if collator is not None and hasattr(collator, "dropped"):
+            logs = {**logs, "dropped_overlong": collator.dropped}
+        super().log(logs, *args, **kwargs)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs is not None:
-            logs["dropped_overlong"] = self.collator.dropped
 
-
-__all__ = ["IGNORE_INDEX", "VisionSFTCollator", "DroppedSamplesCallback"]
+__all__ = ["IGNORE_INDEX", "DroppedCountLogMixin", "VisionSFTCollator"]

@@ -19,7 +19,7 @@ import torch
 from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-from .collators import DroppedSamplesCallback, check_overlong
+from .collators import DroppedCountLogMixin, check_overlong
 from .data_args import DataArguments, load_train_eval
 from .guards import TrainingGuardsMixin
 from .publish import hub_callbacks, hub_plan
@@ -70,7 +70,7 @@ class VisionPreferenceCollator(DataCollatorForVisionPreference):
             self.max_length = limit
 
 
-class HfMmDPOTrainer(TrainingGuardsMixin, RoleOptimizerMixin, DPOTrainer):
+class HfMmDPOTrainer(DroppedCountLogMixin, TrainingGuardsMixin, RoleOptimizerMixin, DPOTrainer):
     """DPOTrainer with hf_mm's never-truncate collator, per-role optimizer groups and a deep-copied reference."""
 
     def __init__(
@@ -99,7 +99,7 @@ class HfMmDPOTrainer(TrainingGuardsMixin, RoleOptimizerMixin, DPOTrainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            callbacks=[DroppedSamplesCallback(self.collator), *(callbacks or [])],
+            callbacks=callbacks,
             **kwargs,
         )
 

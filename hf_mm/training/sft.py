@@ -11,7 +11,7 @@ and counted, never truncated through an image), padding-free packing for VLMs (`
 
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
-from .collators import DroppedSamplesCallback, VisionSFTCollator
+from .collators import DroppedCountLogMixin, VisionSFTCollator
 from .data_args import DataArguments, dataset_names, load_train_eval
 from .guards import TrainingGuardsMixin
 from .packing import VisionPackingCollator
@@ -27,7 +27,7 @@ from .setup import (
 from .stages import RoleSettings, get_stage
 
 
-class HfMmSFTTrainer(TrainingGuardsMixin, RoleOptimizerMixin, SFTTrainer):
+class HfMmSFTTrainer(DroppedCountLogMixin, TrainingGuardsMixin, RoleOptimizerMixin, SFTTrainer):
     """SFTTrainer with hf_mm's collator and per-role optimizer groups.
 
     `model` should already have its stage applied (`prepare_model`); `stage` gives the per-role learning rates.
@@ -62,7 +62,7 @@ class HfMmSFTTrainer(TrainingGuardsMixin, RoleOptimizerMixin, SFTTrainer):
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
-            callbacks=[DroppedSamplesCallback(self.collator), *(callbacks or [])],
+            callbacks=callbacks,
             **kwargs,
         )
 

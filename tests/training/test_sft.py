@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from datasets import Dataset
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText, BitsAndBytesConfig, TrainerCallback
 
@@ -169,3 +170,18 @@ def test_resume_after_a_kill_continues_the_same_loss_curve(tmp_path):
     # The resumed run's history holds the first 3 losses (from the checkpoint's trainer state) and 3 new ones.
     assert len(resumed) == 6
     assert max(abs(a - b) for a, b in zip(straight, resumed)) < 1e-6
+
+
+def test_the_dropped_count_reaches_every_log_line_and_the_log_history(tmp_path):
+    """Each over-long sample dropped by the collator is counted in the trainer's logs (history and reporters),
+    not only in a warning."""
+    dataset = colour_dataset(8)
+    rows = [dataset[i] for i in range(len(dataset))]  # decoded: PIL images
+    rows[0]["messages"][1]["content"][0]["text"] = "red " * 200  # far over max_length=128
+    model = prepare_model(HfMmLlavaForConditionalGeneration(CONFIG), "instruct")
+    processor = tiny_llava_processor(CONFIG)
+    trainer = HfMmSFTTrainer(model=model, args=sft_args(tmp_path, max_steps=2), processing_class=processor,
+                             train_dataset=Dataset.from_list(rows), stage="instruct")  # fmt: skip
+    trainer.train()
+    counts = [row["dropped_overlong"] for row in trainer.state.log_history if "loss" in row]
+    assert counts and counts[-1] == trainer.collator.dropped >= 1
