@@ -108,6 +108,8 @@ def test_llava_exports_to_llava_for_conditional_generation(tmp_path, vision):
 
 
 def test_blip2_exports_to_blip2_for_conditional_generation(tmp_path):
+    # transformers' BLIP-2 takes one image per sample, so the batch has one in each (right-padded: its processor
+    # inserts the query placeholders before padding, ours after, and both agree on the right).
     reference, reference_processor = reference_blip2("opt")
     model, processor = hf_mm.convert.from_transformers_blip2(reference, reference_processor)
     folder = export(tmp_path, model, processor)
@@ -132,7 +134,7 @@ def test_qwen2_5_vl_exports_to_qwen2_5_vl_for_conditional_generation(tmp_path):
                               vision_start_token_id=START)  # fmt: skip
     model, _ = hf_mm.convert.from_transformers_qwen2_5_vl(sharpen(Qwen2_5_VLForConditionalGeneration(config)))
     folder = export(tmp_path, model, None)
-    inputs = qwen_inputs("padded_batch")  # two images of different sizes, left padding
+    inputs = qwen_inputs("padded_two_images")  # two images of different sizes in one sample, left padding
     save_file(inputs, tmp_path / "inputs.safetensors")
     request = {"auto": "AutoModelForImageTextToText", "inputs": str(tmp_path / "inputs.safetensors"), "generate": True}
     name, native = run_natively(tmp_path, folder, request)

@@ -28,6 +28,10 @@ def inputs(kind: str) -> dict:
     elif kind == "padded_batch":
         long, short = [5, 6, *run([1, 4, 6], IMAGE), 7, 8, 9], [5, *run([1, 2, 2], IMAGE), 7]
         grids, rows = [[1, 4, 6], [1, 2, 2]], [long, [0] * (len(long) - len(short)) + short]
+    elif kind == "padded_two_images":  # two images of different sizes in one sample, a left-padded second one
+        long = [5, *run([1, 4, 6], IMAGE), 9, *run([1, 8, 4], IMAGE), 7]
+        short = [5, *run([1, 2, 2], IMAGE), 7]
+        grids, rows = [[1, 4, 6], [1, 8, 4], [1, 2, 2]], [long, [0] * (len(long) - len(short)) + short]
     else:  # a 4-frame video (2 temporal patches)
         grid = [2, 4, 4]
         ids = torch.tensor([[5, *run(grid, VIDEO), 7, 8]])
@@ -38,7 +42,7 @@ def inputs(kind: str) -> dict:
         }  # fmt: skip
     ids = torch.tensor(rows)
     mask = torch.ones_like(ids)
-    if kind == "padded_batch":
+    if kind.startswith("padded"):
         mask[1, : (ids[1] == 0).sum()] = 0
     n = sum(int(torch.tensor(g).prod()) for g in grids)
     return {
