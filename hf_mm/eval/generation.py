@@ -3,8 +3,9 @@
 import torch
 
 
-def predict(model, processor, samples, max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
-    """One greedy answer per sample: its first user turn (any number of images) with the generation prompt, decoded
+def predict(model, processor, samples, max_new_tokens: int = 16, batch_size: int = 32, turns: int = 1) -> list[str]:
+    """One greedy answer per sample: its first `turns` messages (by default the first user turn; any number of
+    images) with the generation prompt, decoded
     without special tokens. Batches are left-padded, as decoder-only generation needs; the tokenizer's padding side
     is restored afterwards."""
     tokenizer = processor.tokenizer
@@ -15,7 +16,7 @@ def predict(model, processor, samples, max_new_tokens: int = 16, batch_size: int
     try:
         for start in range(0, len(samples), batch_size):
             chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
-            prompts = [processor.apply_chat_template([s["messages"][0]], add_generation_prompt=True) for s in chunk]
+            prompts = [processor.apply_chat_template(s["messages"][:turns], add_generation_prompt=True) for s in chunk]
             images = [s["images"] for s in chunk]
             batch = processor(images=images, text=prompts, padding=True, return_tensors="pt").to(model.device)
             with torch.no_grad():

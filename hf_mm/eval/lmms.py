@@ -74,7 +74,7 @@ class HfMmLmms(_LmmsBase):
         until = [until] if isinstance(until, str) else until
         max_new_tokens = int(gen_kwargs.pop("max_new_tokens", self.max_new_tokens))
         sample = {"images": images, "messages": messages}
-        text = predict(self.model, self.processor, [sample], max_new_tokens=max_new_tokens, batch_size=1)[0]
+        text = predict(self.model, self.processor, [sample], max_new_tokens, batch_size=1, turns=len(messages))[0]
         for stop in until:
             text = text.split(stop)[0] if stop else text
         return text

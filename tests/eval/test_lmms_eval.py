@@ -61,3 +61,29 @@ def run_lmms_eval(model_dir, task_dir, task, out_dir, limit):
     rows = sorted((json.loads(line) for line in open(logged)), key=lambda row: row["doc_id"])
     answers = [row["filtered_resps"] for row in rows]
     return json.load(open(results))["results"][task], [a[0] if isinstance(a, list) else a for a in answers]
+
+
+def test_multi_round_generation_answers_each_round_in_its_whole_conversation(trained, monkeypatch):
+    model, processor, root = trained
+    adapter = HfMmLmms(pretrained=str(root))
+    sample = quick_demo_held_out(1)[0]
+    adapter.task_dict = {"t": {"test": [{"images": sample["images"]}]}}
+    follow_up = "What shape is it?"
+    prompts = []
+
+    def recording_predict(model, processor, samples, *args, turns=1, **kwargs):
+        prompts.append(processor.apply_chat_template(samples[0]["messages"][:turns], add_generation_prompt=True))
+        return predict(model, processor, samples, *args, turns=turns, **kwargs)
+
+    def doc_to_text(doc, previous_output, round_idx, previous_round_info):
+        return None, follow_up, round_idx >= 2, previous_output, None
+
+    class Request:
+        args = ("What colour is the shape?", {"max_new_tokens": 8}, lambda doc: doc["images"], doc_to_text, 0, "t",
+                "test")  # fmt: skip
+
+    monkeypatch.setattr("hf_mm.eval.lmms.predict", recording_predict)
+    (joined,) = adapter.generate_until_multi_round([Request()])
+    first = joined.split("\n")[0]
+    assert len(prompts) == 2 and follow_up not in prompts[0]
+    assert prompts[1].startswith(prompts[0]) and first in prompts[1] and follow_up in prompts[1]
