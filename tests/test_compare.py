@@ -1,31 +1,78 @@
-"""`hf-mm compare --quick` end to end on a cut budget: every run recorded, the table, JSON and PNG agree."""
+"""`hf-mm compare --quick` end to end on a cut budget: every run recorded with its curve and its shuffled-image
+control, each family trained as its paper trains it (the LM frozen in BLIP-2 and Flamingo), and the JSON, the table
+and the plot agree."""
 
 import json
+import statistics
 
 import PIL.Image
+import pytest
 
-from hf_mm.cli import main
+from hf_mm.apps.compare import ci95, describe, main, stage_steps, text_chats
+from hf_mm.data import synthetic
 
 
 def test_compare_writes_a_consistent_table_json_and_plot(tmp_path):
     out = tmp_path / "compare"
     bridges = ["linear", "qwen_adapter", "gated_cross_attn"]  # two LLaVA prefix bridges, then Flamingo's
-    main(["compare", "--quick", "--steps", "2", "--train-samples", "32", "--eval-samples", "4", "--seeds", "0", "1",
-          "--families", "llava", "flamingo", "--bridges", *bridges[:2], "--output-dir", str(out)])  # fmt: skip
-    result = json.loads((out / "results.json").read_text())
-    assert len(result["runs"]) == len(bridges) * 2 and [row["bridge"] for row in result["rows"]] == bridges
-    assert [row["family"] for row in result["rows"]] == ["llava", "llava", "flamingo"]
+    seeds = [0, 1, 2]
+    result = main(["--quick", "--steps", "4", "--train-samples", "32", "--eval-samples", "6",
+                   "--families", "llava", "flamingo", "--bridges", *bridges[:2], "--output-dir", str(out)])  # fmt: skip
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["rows"] == result["rows"] and saved["seeds"] == seeds and saved["tasks"] == ["digits"]
+    assert len(saved["runs"]) == len(bridges) * 3 and [row["bridge"] for row in saved["rows"]] == bridges
     table = (out / "table.md").read_text()
-    for row in result["rows"]:
-        runs = [run for run in result["runs"] if run["bridge"] == row["bridge"]]
-        assert row["score"] == sum(run["score"] for run in runs) / 2 and row["seeds"] == 2
-        assert row["score_min"] <= row["score"] <= row["score_max"] <= 1
-        assert f"| `{row['bridge']}` | shapes_vqa | {row['score']:.3f}" in table
-        assert f"| {row['trainable_params']:,} | {row['visual_tokens']} |" in table
-        assert row["memory_mb"] > 0 and row["step_s"] > 0
-    tokens = {row["bridge"]: row["visual_tokens"] for row in result["rows"]}
+    for row in saved["rows"]:
+        runs = [run for run in saved["runs"] if run["bridge"] == row["bridge"]]
+        scores = [run["score"] for run in runs]
+        assert row["score"] == pytest.approx(statistics.mean(scores)) and row["seeds"] == 3
+        assert row["score_ci95"] == pytest.approx(4.303 * statistics.stdev(scores) / 3**0.5)  # t(0.975, df=2)
+        assert row["score_shuffled_images"] == pytest.approx(statistics.mean(r["score_shuffled_images"] for r in runs))
+        assert all(run["curve"][-1]["score"] == run["score"] for run in runs)  # the curve ends at the final score
+        assert [point["step"] for point in row["curve"]] == [0, 2, 4]  # before training, then 2 curve points
+        assert all(a["seconds"] < b["seconds"] for a, b in zip(row["curve"], row["curve"][1:]))
+        lm = "trained" if row["lm_trained"] else "frozen"
+        assert (
+            f"| `{row['bridge']}` | digits | {row['score']:.3f} ± {row['score_ci95']:.3f} "
+            f"| {row['score_shuffled_images']:.3f} | {lm} | {row['trainable_params']:,} "
+            f"| {row['visual_tokens_per_image']} |"
+        ) in table  # fmt: skip
+        assert row["train_memory_mb"] > 0 and row["step_seconds"] > 0
+        drawn = result["plotted"]["digits"][row["bridge"]]
+        assert drawn["steps"] == [p["step"] for p in row["curve"]] and drawn["score"] == [p["score"] for p in row["curve"]]
+        assert drawn["seconds"] == pytest.approx([p["seconds"] for p in row["curve"]])
+    by_bridge = {row["bridge"]: row for row in saved["rows"]}
+    # LLaVA trains the LM in its second stage; Flamingo keeps it frozen throughout, and its trainable parameters are
+    # its resampler and gated blocks alone.
+    assert by_bridge["linear"]["lm_trained"] and not by_bridge["gated_cross_attn"]["lm_trained"]
+    assert saved["runs"][0]["stages"] == [["align", 1], ["instruct", 3]]
+    linear = saved["runs"][0]["trainable_params_per_stage"]
+    assert linear["align"] < linear["instruct"]  # the LM joins in stage 2
+    tokens = {row["bridge"]: row["visual_tokens_per_image"] for row in saved["rows"]}
     assert tokens == {"linear": 64, "qwen_adapter": 16, "gated_cross_attn": 16}  # 64 patches; 16 queries / latents
-    params = {row["bridge"]: row["trainable_params"] for row in result["rows"]}
-    assert len(set(params.values())) == 3  # each bridge adds its own parameters to the same trainable LM
     with PIL.Image.open(out / "plot.png") as image:
-        assert image.format == "PNG" and image.width > 400 and image.height > 200
+        assert image.format == "PNG" and image.width > 400 and image.height > 400
+
+
+def test_ci95_is_students_t_interval():
+    assert ci95([0.5]) == 0.0
+    assert ci95([0.2, 0.4]) == pytest.approx(12.706 * statistics.stdev([0.2, 0.4]) / 2**0.5)
+    assert ci95([1.0] * 40) == 0.0
+
+
+def test_schedules_freeze_the_lm_where_the_papers_do():
+    assert stage_steps("llava", 200) == [("align", 50), ("instruct", 150)]
+    assert stage_steps("blip2", 200) == [("align", 200)] and stage_steps("flamingo", 7) == [("align", 7)]
+    assert stage_steps("llava", 2) == [("align", 1), ("instruct", 1)]  # every stage gets a step
+
+
+def test_text_pretraining_puts_a_description_where_the_image_will_be():
+    import random
+
+    scene = synthetic.shapes_vqa(1, seed=3)[0]
+    described = describe(scene, random.Random(0))
+    for shape in scene["meta"]["shapes"]:
+        assert f"a {shape['colour']} {shape['shape']}" in described
+    chats = text_chats(["digits", "ocr"], n=4, seed=0)
+    assert len(chats) == 8 and all(isinstance(chat[0]["content"], str) for chat in chats)
+    assert any(chat[0]["content"].startswith("the text ") for chat in chats)

@@ -1,21 +1,30 @@
-"""`hf-mm compare`: every bridge between the same two towers, trained on the same tasks with the same budget.
+"""`hf-mm compare`: every bridge between the same two pretrained towers, trained on the same tasks with the same
+budget, the way its paper trains it, and scored with a confidence interval and an image-ablation control.
 
     hf-mm compare [--quick] [--vision PATH --text PATH] [--families llava blip2 flamingo] [--bridges linear ...]
-                  [--tasks shapes_vqa digits ...] [--seeds 0 1]
+                  [--tasks digits shapes_vqa ...] [--seeds 0 1 2]
 
-`--families` and `--bridges` are separate, as in recipes: the bridges are family llava's prefix bridges, and
-every other family brings its own. For each task, bridge and seed: compose a fresh model, train the bridge and the LM (`instruct` stage; the tower
-stays frozen) for `--steps` steps on the synthetic task, score the held-out split with hf_mm's scorers, and
-record trainable parameters, visual tokens per image, train step time and training memory (`training_memory`:
-exact on CPU, where no allocator statistics exist). Bridges:
+`--families` and `--bridges` are separate, as in recipes: the bridges are family llava's prefix bridges, and every
+other family brings its own. The LM is frozen where the paper freezes it (`SCHEDULES`): LLaVA trains the bridge
+alone (stage 1, `align`) and then the bridge and the LM (stage 2, `instruct`); BLIP-2's stage 2 and Flamingo train
+their bridge into a frozen LM throughout. The tower is frozen everywhere. Bridges:
 - prefix bridges in `hf_mm_llava`: `linear`, `mlp2x_gelu`, `pixel_shuffle`, `perceiver`, `qwen_adapter`;
-- `qformer`: BLIP-2's Q-Former as a stage-2 prefix bridge (no stage-1 pretraining: the same budget as the others);
+- `qformer`: BLIP-2's Q-Former as its stage-2 prefix bridge (no stage-1 pretraining: the same budget as the others);
 - `gated_cross_attn`: Flamingo's resampler + gated cross-attention blocks (its tokens are read by cross-attention,
   not placed in the sequence).
 The Qwen2.5-VL merger needs its own native-resolution ViT as the tower, so it is not in a shared-tower comparison.
 
-Without `--vision/--text`, the towers are the demo's: a small CLIP-style tower (pretrained here on scene objects
-unless `--quick`) and a small Llama. Writes `results.json`, `table.md` and `plot.png` under `--output-dir`.
+For each task, bridge and seed: compose a fresh model, train it for `--steps` steps, score the held-out split with
+hf_mm's scorers at `curve_points` points along the way (the learning curve, against steps and against training
+seconds), then score the same checkpoint with the images shuffled across the held-out samples
+(`score_shuffled_images`: a bridge whose score does not drop has not learned to look). Rows average the seeds, with a
+95% confidence interval (Student's t over seeds), and carry trainable parameters, visual tokens per image, train step
+seconds and training memory (`training_memory`: exact on CPU, where no allocator statistics exist).
+
+Without `--vision/--text`, the towers are built here, as the papers assume them pretrained: a small CLIP-style tower
+taught the scenes' objects (random with `--quick`), and a small Llama pretrained on the tasks' text with a
+description where the image will be ("the digit seven. What digit is this?" -> "7"), which a frozen-LM bridge must
+learn to stand in for. Writes `results.json`, `table.md` and `plot.png` under `--output-dir`.
 """
 
 from __future__ import annotations
@@ -30,10 +39,11 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
-from transformers import Blip2QFormerConfig
+from transformers import Blip2QFormerConfig, TrainerCallback
 from trl import SFTConfig
 
 from ..data import synthetic
+from ..data.captions import TRAIN_TEMPLATES, caption
 from ..eval import evaluate, predict
 from ..modeling.bridges import BRIDGES
 
@@ -41,6 +51,17 @@ from ..modeling.bridges import BRIDGES
 # name each family's bridge has in the table; `llava`'s bridge is chosen with --bridges (hf_mm.BRIDGES).
 FAMILY_BRIDGES = {"llava": None, "blip2": "qformer", "flamingo": "gated_cross_attn"}
 TASKS = ("shapes_vqa", "grounding", "ocr", "digits")
+FULL_TASKS, QUICK_TASKS = ("digits", "shapes_vqa"), ("digits",)
+# How each family's paper trains its bridge: (stage, share of the steps). The LM is frozen in `align`.
+SCHEDULES = {
+    "llava": (("align", 0.25), ("instruct", 0.75)),  # LLaVA: projector pre-training, then instruction tuning
+    "blip2": (("align", 1.0),),  # BLIP-2 stage 2: Q-Former and projection into a frozen LM
+    "flamingo": (("align", 1.0),),  # Flamingo: resampler and gated cross-attention; the LM stays frozen
+}
+# Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; the normal 1.96 beyond.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)  # fmt: skip
+MAX_NEW_TOKENS = {"grounding": 24, "ocr": 12, "shapes_vqa": 8, "digits": 8}
 
 
 @dataclasses.dataclass
@@ -51,12 +72,22 @@ class Budget:
     batch_size: int = 16
     learning_rate: float = 1e-3
     image_size: int = 64
+    curve_points: int = 4
+    text_pretrain_steps: int = 300
 
 
 BUDGETS = {
     "full": Budget(steps=200, train_samples=2000, eval_samples=100),
-    "quick": Budget(steps=40, train_samples=400, eval_samples=48),
+    "quick": Budget(steps=24, train_samples=200, eval_samples=32, curve_points=2, text_pretrain_steps=60),
 }
+
+
+def ci95(values: list[float]) -> float:
+    """Half-width of the 95% confidence interval of the mean of `values` (Student's t; 0 for a single value)."""
+    if len(values) < 2:
+        return 0.0
+    t = T_975[len(values) - 2] if len(values) - 1 <= len(T_975) else 1.96
+    return t * statistics.stdev(values) / len(values) ** 0.5
 
 
 # ---------------------------------------------------------------- one run
@@ -121,39 +152,77 @@ def training_memory(model, batch: dict) -> int:
     return weights + 3 * trainable + sum(saved.values())
 
 
+class CurveCallback(TrainerCallback):
+    """Scores the held-out split at the given global steps of a run that spans several trainers (stages); the
+    seconds are training seconds, without the time spent scoring."""
+
+    def __init__(self, score_fn, points: set[int], offset: int, curve: list[dict], clock: dict):
+        self.score_fn, self.points, self.offset, self.curve, self.clock = score_fn, points, offset, curve, clock
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step = self.offset + state.global_step
+        if step in self.points:
+            paused = time.perf_counter()
+            self.curve.append({"step": step, "seconds": paused - self.clock["start"] - self.clock["scoring"],
+                               "score": self.score_fn()})  # fmt: skip
+            self.clock["scoring"] += time.perf_counter() - paused
+
+
+def stage_steps(family: str, steps: int) -> list[tuple[str, int]]:
+    """`SCHEDULES[family]` in steps; every stage gets at least one step, and the shares add up to `steps`."""
+    schedule = SCHEDULES[family]
+    counts = [max(1, round(share * steps)) for _, share in schedule[:-1]]
+    return [(stage, n) for (stage, _), n in zip(schedule, [*counts, max(1, steps - sum(counts))])]
+
+
 def run_one(
     arm: tuple[str, str], task: str, seed: int, towers: tuple[str, str], budget: Budget, workdir: Path
 ) -> dict:
+    from ..eval.reliance import shuffled_images
+    from ..roles import role_parameters
     from ..training.setup import prepare_model
     from ..training.sft import HfMmSFTTrainer
 
     torch.manual_seed(seed)
-    hidden = _tower_width(towers[0])
     family, bridge = arm
-    model, processor = compose(family, bridge, *towers, hidden)
-    model = prepare_model(model, "instruct")
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    model, processor = compose(family, bridge, *towers, _tower_width(towers[0]))
+    processor.tokenizer.padding_side = "right"
+    lm_before = [p.detach().clone() for _, p in role_parameters(model)["llm"]]
     generate = synthetic.TASKS[task]
     train = synthetic.to_dataset(generate(budget.train_samples, seed=seed, image_size=budget.image_size))
     held_out = generate(budget.eval_samples, seed=seed, image_size=budget.image_size, split="test")
-    args = SFTConfig(
-        output_dir=str(workdir / f"{bridge}-{task}-{seed}"), max_steps=budget.steps, seed=seed,
-        per_device_train_batch_size=budget.batch_size, learning_rate=budget.learning_rate, lr_scheduler_type="cosine",
-        warmup_steps=0.05, bf16=False, save_strategy="no", report_to="none", disable_tqdm=True, logging_steps=10**6,
-        max_length=1024, use_cpu=not torch.cuda.is_available(),
-    )  # fmt: skip
-    processor.tokenizer.padding_side = "right"
-    trainer = HfMmSFTTrainer(model=model, args=args, processing_class=processor, train_dataset=train, stage="instruct")
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
+
+    def score(samples=held_out) -> float:
+        return evaluate(predict(model, processor, samples, max_new_tokens=MAX_NEW_TOKENS[task]), samples)["overall"]
+
+    stages = stage_steps(family, budget.steps)
+    points = {round(budget.steps * (i + 1) / budget.curve_points) for i in range(budget.curve_points)}
+    curve, clock, offset, trainable = [{"step": 0, "seconds": 0.0, "score": score()}], {"scoring": 0.0}, 0, {}
+    clock["start"] = time.perf_counter()
+    for stage, steps in stages:
+        model = prepare_model(model, stage)
+        trainable[stage] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        args = SFTConfig(
+            output_dir=str(workdir / f"{bridge}-{task}-{seed}-{stage}"), max_steps=steps, seed=seed,
+            per_device_train_batch_size=budget.batch_size, learning_rate=budget.learning_rate,
+            lr_scheduler_type="cosine", warmup_steps=0.05, bf16=False, save_strategy="no", report_to="none",
+            disable_tqdm=True, logging_steps=10**6, max_length=1024, use_cpu=not torch.cuda.is_available(),
+        )  # fmt: skip
+        trainer = HfMmSFTTrainer(model=model, args=args, processing_class=processor, train_dataset=train, stage=stage,
+                                 callbacks=[CurveCallback(score, points, offset, curve, clock)])  # fmt: skip
+        trainer.train()
+        offset += steps
+    seconds = time.perf_counter() - clock["start"] - clock["scoring"]
     memory = training_memory(model.train(), trainer.collator([train[i] for i in range(budget.batch_size)]))
-    scores = evaluate(predict(model, processor, held_out, max_new_tokens=24), held_out)
+    lm_after = [p.detach() for _, p in role_parameters(model)["llm"]]
     return {
-        "family": family, "bridge": bridge, "task": task, "seed": seed, "score": scores["overall"],
-        "trainable_params": trainable,
-        "visual_tokens": visual_tokens(model, processor, budget.image_size), "step_s": seconds / budget.steps,
-        "memory_mb": memory / 2**20, "dropped_overlong": trainer.collator.dropped,
+        "family": family, "bridge": bridge, "task": task, "seed": seed, "stages": stages,
+        "score": curve[-1]["score"], "score_shuffled_images": score(shuffled_images(held_out)),
+        "trainable_params": trainable[stages[-1][0]], "trainable_params_per_stage": trainable,
+        "lm_trained": any(not torch.equal(a, b) for a, b in zip(lm_before, lm_after)),
+        "visual_tokens_per_image": visual_tokens(model, processor, budget.image_size),
+        "step_seconds": seconds / budget.steps, "train_memory_mb": memory / 2**20, "curve": curve,
+        "dropped_overlong": trainer.collator.dropped,
     }  # fmt: skip
 
 
@@ -166,16 +235,77 @@ def _tower_width(vision: str) -> int:
 # ---------------------------------------------------------------- towers, aggregation, outputs
 
 
-def default_towers(root: Path, pretrain: bool) -> tuple[str, str]:
-    """The demo's towers: a CLIP-style tower (taught scene objects first when `pretrain`) and a small Llama."""
+def describe(sample: dict, rng) -> str:
+    """What the image shows, in words: the text the LM is pretrained with where the image will be."""
+    meta = sample["meta"]
+    if sample["task"] == "digits":
+        return caption(meta["label"], rng.choice(TRAIN_TEMPLATES))
+    if sample["task"] == "ocr":
+        return f"the text {meta['text']}"
+    shapes = sorted(meta["shapes"], key=lambda shape: shape["box"][0])  # left to right, for "left of" questions
+    if sample["task"] == "grounding":
+        return ", ".join(f"a {s['colour']} {s['shape']} at {synthetic.format_box(s['box'])}" for s in shapes)
+    return ", ".join(f"a {s['colour']} {s['shape']}" for s in shapes)
+
+
+def text_chats(tasks: list[str], n: int, seed: int) -> list[list[dict]]:
+    """Each task's train samples with a description in place of the image, as text-only chats."""
+    import random
+
+    rng, chats = random.Random(seed), []
+    for task in tasks:
+        for sample in synthetic.TASKS[task](n, seed=seed + 1000):
+            question = sample["messages"][0]["content"][-1]["text"]
+            chats.append([{"role": "user", "content": f"{describe(sample, rng)}. {question}"},
+                          sample["messages"][1]])  # fmt: skip
+    rng.shuffle(chats)
+    return chats
+
+
+def pretrain_text_tower(folder: Path, tasks: list[str], steps: int, batch_size: int = 32) -> None:
+    """Teach the LM saved in `folder` the tasks' language (full-sequence LM loss on `text_chats`), in place: the
+    frozen-LM recipes assume an LM that already answers from a description."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..tokens import prepare_tokenizer
+
+    lm, tokenizer = (
+        AutoModelForCausalLM.from_pretrained(folder),
+        prepare_tokenizer(AutoTokenizer.from_pretrained(folder)),
+    )
+    tokenizer.padding_side = "right"
+    lm.resize_token_embeddings(len(tokenizer))  # the chat template's special tokens, as the processor will add them
+    chats = text_chats(tasks, n=max(1, steps * batch_size // len(tasks)), seed=0)
+    optimizer = torch.optim.AdamW(lm.parameters(), lr=3e-3)
+    torch.manual_seed(0)
+    lm.train()
+    for step in range(steps):
+        texts = [
+            tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats[step * batch_size :][:batch_size]
+        ]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        lm(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    lm.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+def default_towers(root: Path, pretrain: bool, tasks: list[str], text_steps: int) -> tuple[str, str]:
+    """The demo's towers, pretrained as the papers assume: the CLIP-style tower taught scene objects (only when
+    `pretrain`), and the small Llama taught the tasks' language for `text_steps` steps."""
     from .demo import PRESETS, build_towers
 
     preset = PRESETS["full"] if pretrain else dataclasses.replace(PRESETS["quick"], vision_feature_layer=-1)
-    return build_towers(root, preset)
+    vision, text = build_towers(root, preset)
+    pretrain_text_tower(Path(text), tasks, text_steps)
+    return vision, text
 
 
 def aggregate(runs: list[dict]) -> list[dict]:
-    """One row per (bridge, task): the mean score over seeds and its min-max spread, and the cost columns."""
+    """One row per (bridge, task): the mean over seeds with its 95% confidence interval, the shuffled-image
+    control, the cost columns, and the mean learning curve (score and seconds at each step, CI over seeds)."""
     rows = []
     for bridge in dict.fromkeys(run["bridge"] for run in runs):
         for task in dict.fromkeys(run["task"] for run in runs):
@@ -183,29 +313,44 @@ def aggregate(runs: list[dict]) -> list[dict]:
             if not group:
                 continue
             scores = [run["score"] for run in group]
+            shuffled = [run["score_shuffled_images"] for run in group]
+            curve = [
+                {"step": point["step"],
+                 "seconds": statistics.mean(run["curve"][i]["seconds"] for run in group),
+                 "score": statistics.mean(values := [run["curve"][i]["score"] for run in group]),
+                 "score_ci95": ci95(values)}
+                for i, point in enumerate(group[0]["curve"])
+            ]  # fmt: skip
             rows.append({
-                "family": group[0]["family"], "bridge": bridge, "task": task, "seeds": len(group), "score": statistics.mean(scores),
-                "score_min": min(scores), "score_max": max(scores),
-                "trainable_params": group[0]["trainable_params"], "visual_tokens": group[0]["visual_tokens"],
-                "step_s": statistics.median(run["step_s"] for run in group),
-                "memory_mb": max(run["memory_mb"] for run in group),
+                "family": group[0]["family"], "bridge": bridge, "task": task, "seeds": len(group),
+                "score": statistics.mean(scores), "score_ci95": ci95(scores),
+                "score_shuffled_images": statistics.mean(shuffled), "score_shuffled_images_ci95": ci95(shuffled),
+                "image_effect_ci95": ci95([a - b for a, b in zip(scores, shuffled)]),
+                "lm_trained": group[0]["lm_trained"], "trainable_params": group[0]["trainable_params"],
+                "visual_tokens_per_image": group[0]["visual_tokens_per_image"],
+                "step_seconds": statistics.median(run["step_seconds"] for run in group),
+                "train_memory_mb": max(run["train_memory_mb"] for run in group), "curve": curve,
             })  # fmt: skip
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| bridge | task | score (min-max over seeds) | trainable params | visual tokens / image | step s | train memory MB |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| bridge | task | score ± 95% CI | images shuffled | LM | trainable params | visual tokens / image "
+             "| step s | train memory MB |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
         lines.append(
-            f"| `{row['bridge']}` | {row['task']} | {row['score']:.3f} ({row['score_min']:.3f}-{row['score_max']:.3f}) "
-            f"| {row['trainable_params']:,} | {row['visual_tokens']} | {row['step_s']:.3f} | {row['memory_mb']:.1f} |"
+            f"| `{row['bridge']}` | {row['task']} | {row['score']:.3f} ± {row['score_ci95']:.3f} "
+            f"| {row['score_shuffled_images']:.3f} | {'trained' if row['lm_trained'] else 'frozen'} "
+            f"| {row['trainable_params']:,} | {row['visual_tokens_per_image']} | {row['step_seconds']:.3f} "
+            f"| {row['train_memory_mb']:.1f} |"
         )  # fmt: skip
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    """Score against trainable parameters, one panel per task; marker area by visual tokens, bars = seed spread."""
+def plot(rows: list[dict], path: Path) -> dict:
+    """Learning curves, one column per task: held-out score against steps (top) and against training seconds
+    (bottom), mean over seeds with the 95% CI shaded; dotted: the final checkpoint with its images shuffled.
+    Returns what was drawn, read back from the axes: {task: {bridge: {"steps", "seconds", "score"}}}."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -214,38 +359,56 @@ def plot(rows: list[dict], path: Path) -> None:
     tasks = list(dict.fromkeys(row["task"] for row in rows))
     bridges = list(dict.fromkeys(row["bridge"] for row in rows))
     colours = {bridge: plt.get_cmap("tab10")(i) for i, bridge in enumerate(bridges)}
-    figure, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4.2), squeeze=False)
-    for axis, task in zip(axes[0], tasks):
+    figure, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 7.5), squeeze=False)
+    for column, task in enumerate(tasks):
         for row in (r for r in rows if r["task"] == task):
-            x, y = row["trainable_params"], row["score"]
-            axis.errorbar(x, y, yerr=[[y - row["score_min"]], [row["score_max"] - y]], fmt="none",
-                          ecolor=colours[row["bridge"]], alpha=0.6)  # fmt: skip
-            axis.scatter(x, y, s=20 + 3 * row["visual_tokens"], color=colours[row["bridge"]], alpha=0.8,
-                         edgecolors="black", label=row["bridge"])  # fmt: skip
-        axis.set_xscale("log")
-        axis.set_title(task)
-        axis.set_xlabel("trainable parameters")
-        axis.set_ylabel("held-out score")
-        axis.grid(alpha=0.3)
+            mean = [point["score"] for point in row["curve"]]
+            low = [point["score"] - point["score_ci95"] for point in row["curve"]]
+            high = [point["score"] + point["score_ci95"] for point in row["curve"]]
+            for axis, key in ((axes[0][column], "step"), (axes[1][column], "seconds")):
+                x = [point[key] for point in row["curve"]]
+                axis.plot(x, mean, color=colours[row["bridge"]], marker="o", markersize=3, label=row["bridge"],
+                          gid=f"{task}/{row['bridge']}")  # fmt: skip
+                axis.fill_between(x, low, high, color=colours[row["bridge"]], alpha=0.15)
+                axis.hlines(row["score_shuffled_images"], x[0], x[-1], colors=[colours[row["bridge"]]],
+                            linestyles="dotted", alpha=0.7)  # fmt: skip
+        axes[0][column].set_title(task)
+        axes[0][column].set_xlabel("training steps")
+        axes[1][column].set_xlabel("training seconds")
+        for axis in axes[:, column]:
+            axis.set_ylabel("held-out score")
+            axis.grid(alpha=0.3)
     handles, labels = axes[0][0].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=len(bridges), fontsize=8, markerscale=0.5)
-    figure.suptitle("Bridges on the same towers and budget (marker area: visual tokens per image)")
-    figure.tight_layout(rect=(0, 0.08, 1, 0.95))
+    figure.legend(handles, labels, loc="lower center", ncol=len(bridges), fontsize=8)
+    figure.suptitle("Bridges on the same towers and budget (shaded: 95% CI over seeds; dotted: images shuffled)")
+    figure.tight_layout(rect=(0, 0.05, 1, 0.96))
     figure.savefig(path, dpi=120)
+    drawn: dict = {}
+    for axis, key in ((axes[0], "steps"), (axes[1], "seconds")):
+        for column_axis in axis:
+            for line in column_axis.get_lines():
+                if line.get_gid():
+                    task, bridge = line.get_gid().split("/")
+                    entry = drawn.setdefault(task, {}).setdefault(bridge, {})
+                    entry[key], entry["score"] = (
+                        [float(v) for v in line.get_xdata()],
+                        [float(v) for v in line.get_ydata()],
+                    )
     plt.close(figure)
+    return drawn
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="hf-mm compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="one task, a short budget, random tower: CPU minutes")
+    parser.add_argument("--quick", action="store_true", help="digits only, a short budget, random tower: CPU minutes")
     parser.add_argument("--vision", default=None, help="a vision tower (folder or Hub id); default: the demo's")
     parser.add_argument("--text", default=None, help="a causal LM (folder or Hub id); default: the demo's")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=None)
     parser.add_argument("--families", nargs="+", choices=list(FAMILY_BRIDGES), default=list(FAMILY_BRIDGES))
     parser.add_argument("--bridges", nargs="+", choices=sorted(BRIDGES), default=sorted(BRIDGES),
                         help="family llava's prefix bridges")  # fmt: skip
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--train-samples", type=int, default=None)
     parser.add_argument("--eval-samples", type=int, default=None)
@@ -257,11 +420,13 @@ def main(argv: list[str] | None = None) -> dict:
     budget = dataclasses.replace(
         BUDGETS["quick" if args.quick else "full"], **{k: v for k, v in overrides.items() if v}
     )
-    tasks = args.tasks or (["shapes_vqa"] if args.quick else list(TASKS))
+    tasks = args.tasks or list(QUICK_TASKS if args.quick else FULL_TASKS)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as workdir:
-        towers = (args.vision, args.text) if args.vision else default_towers(Path(workdir), pretrain=not args.quick)
+        towers = (args.vision, args.text)
+        if args.vision is None:
+            towers = default_towers(Path(workdir), not args.quick, tasks, budget.text_pretrain_steps)
         jobs = [
             (arm, task, seed) for task in tasks for arm in arms(args.families, args.bridges) for seed in args.seeds
         ]
@@ -271,7 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
               "towers": "demo" if args.vision is None else [args.vision, args.text]}  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "table.md").write_text(table(rows) + "\n")
-    plot(rows, out / "plot.png")
+    plotted = plot(rows, out / "plot.png")
     print(table(rows))
     print(f"wrote {out / 'results.json'}, {out / 'table.md'} and {out / 'plot.png'}")
-    return result
+    return {**result, "plotted": plotted}
