@@ -74,6 +74,7 @@ class Budget:
     image_size: int = 64
     curve_points: int = 4
     text_pretrain_steps: int = 300
+    tower_digit_steps: int = 300
 
 
 BUDGETS = {
@@ -292,14 +293,40 @@ def pretrain_text_tower(folder: Path, tasks: list[str], steps: int, batch_size: 
     tokenizer.save_pretrained(folder)
 
 
-def default_towers(root: Path, pretrain: bool, tasks: list[str], text_steps: int) -> tuple[str, str]:
-    """The demo's towers, pretrained as the papers assume: the CLIP-style tower taught scene objects (only when
-    `pretrain`), and the small Llama taught the tasks' language for `text_steps` steps."""
+def pretrain_tower_on_digits(folder: Path, steps: int, image_size: int, batch_size: int = 64) -> None:
+    """Teach the tower saved in `folder` the digits' classes (a linear head on its mean patch token), in place: the
+    demo's tower knows scene objects, and CLIP's pretraining would have shown it handwriting too."""
+    from transformers import AutoImageProcessor, CLIPVisionModel
+
+    tower, image_processor = CLIPVisionModel.from_pretrained(folder), AutoImageProcessor.from_pretrained(folder)
+    samples = synthetic.digits(steps * batch_size, seed=1, image_size=image_size)
+    head = torch.nn.Linear(tower.config.hidden_size, 10)
+    optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=2e-3)
+    torch.manual_seed(0)
+    tower.train()
+    for step in range(steps):
+        batch = samples[step * batch_size :][:batch_size]
+        pixels = image_processor([s["images"][0] for s in batch], return_tensors="pt")["pixel_values"]
+        logits = head(tower(pixel_values=pixels).last_hidden_state[:, 1:].mean(1))
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([s["meta"]["label"] for s in batch]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    print(f"pretrained the vision tower on digits for {steps} steps (loss {loss.item():.3f})")
+    tower.save_pretrained(folder)
+
+
+def default_towers(root: Path, pretrain: bool, tasks: list[str], budget: Budget) -> tuple[str, str]:
+    """The demo's towers, pretrained as the papers assume (only when `pretrain`, for the tower): the CLIP-style
+    tower taught scene objects (and digits, when a task needs them), and the small Llama taught the tasks'
+    language."""
     from .demo import PRESETS, build_towers
 
     preset = PRESETS["full"] if pretrain else dataclasses.replace(PRESETS["quick"], vision_feature_layer=-1)
     vision, text = build_towers(root, preset)
-    pretrain_text_tower(Path(text), tasks, text_steps)
+    if pretrain and "digits" in tasks:
+        pretrain_tower_on_digits(Path(vision), budget.tower_digit_steps, budget.image_size)
+    pretrain_text_tower(Path(text), tasks, budget.text_pretrain_steps)
     return vision, text
 
 
@@ -426,7 +453,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         towers = (args.vision, args.text)
         if args.vision is None:
-            towers = default_towers(Path(workdir), not args.quick, tasks, budget.text_pretrain_steps)
+            towers = default_towers(Path(workdir), not args.quick, tasks, budget)
         jobs = [
             (arm, task, seed) for task in tasks for arm in arms(args.families, args.bridges) for seed in args.seeds
         ]
