@@ -39,7 +39,9 @@ def test_compare_writes_a_consistent_table_json_and_plot(tmp_path):
         ) in table  # fmt: skip
         assert row["train_memory_mb"] > 0 and row["step_seconds"] > 0
         drawn = result["plotted"]["digits"][row["bridge"]]
-        assert drawn["steps"] == [p["step"] for p in row["curve"]] and drawn["score"] == [p["score"] for p in row["curve"]]
+        assert drawn["steps"] == [p["step"] for p in row["curve"]] and drawn["score"] == [
+            p["score"] for p in row["curve"]
+        ]
         assert drawn["seconds"] == pytest.approx([p["seconds"] for p in row["curve"]])
     by_bridge = {row["bridge"]: row for row in saved["rows"]}
     # LLaVA trains the LM in its second stage; Flamingo keeps it frozen throughout, and its trainable parameters are
@@ -50,6 +52,13 @@ def test_compare_writes_a_consistent_table_json_and_plot(tmp_path):
     assert linear["align"] < linear["instruct"]  # the LM joins in stage 2
     tokens = {row["bridge"]: row["visual_tokens_per_image"] for row in saved["rows"]}
     assert tokens == {"linear": 64, "qwen_adapter": 16, "gated_cross_attn": 16}  # 64 patches; 16 queries / latents
+    pair = next(p for p in saved["pairwise"] if (p["a"], p["b"]) == ("linear", "gated_cross_attn"))
+    differences = [a["score"] - b["score"] for a, b in zip(saved["runs"][:3], saved["runs"][6:])]  # seeds 0, 1, 2
+    assert pair["difference"] == pytest.approx(statistics.mean(differences))
+    assert pair["ci95"] == pytest.approx(ci95(differences)) and pair["significant"] == (
+        abs(pair["difference"]) > pair["ci95"]
+    )
+    assert len(saved["pairwise"]) == 3  # every pair of the three bridges
     with PIL.Image.open(out / "plot.png") as image:
         assert image.format == "PNG" and image.width > 400 and image.height > 400
 

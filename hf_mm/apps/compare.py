@@ -19,7 +19,8 @@ hf_mm's scorers at `curve_points` points along the way (the learning curve, agai
 seconds), then score the same checkpoint with the images shuffled across the held-out samples
 (`score_shuffled_images`: a bridge whose score does not drop has not learned to look). Rows average the seeds, with a
 95% confidence interval (Student's t over seeds), and carry trainable parameters, visual tokens per image, train step
-seconds and training memory (`training_memory`: exact on CPU, where no allocator statistics exist).
+seconds and training memory (`training_memory`: exact on CPU, where no allocator statistics exist). `pairwise`
+compares every two bridges of a task on the seeds they share, with the CI of the difference.
 
 Without `--vision/--text`, the towers are built here, as the papers assume them pretrained: a small CLIP-style tower
 taught the scenes' objects (random with `--quick`), and a small Llama pretrained on the tasks' text with a
@@ -361,6 +362,23 @@ def aggregate(runs: list[dict]) -> list[dict]:
     return rows
 
 
+def pairwise(runs: list[dict]) -> list[dict]:
+    """Per task, every pair of bridges: the mean score difference over the seeds both ran (paired: a seed is the
+    same data and held-out split for every bridge) and its 95% CI; `significant` when the interval excludes 0."""
+    pairs = []
+    for task in dict.fromkeys(run["task"] for run in runs):
+        scores: dict[str, dict[int, float]] = {}
+        for run in (r for r in runs if r["task"] == task):
+            scores.setdefault(run["bridge"], {})[run["seed"]] = run["score"]
+        for i, a in enumerate(scores):
+            for b in list(scores)[i + 1 :]:
+                differences = [scores[a][seed] - scores[b][seed] for seed in scores[a] if seed in scores[b]]
+                mean, interval = statistics.mean(differences), ci95(differences)
+                pairs.append({"task": task, "a": a, "b": b, "difference": mean, "ci95": interval,
+                              "significant": len(differences) > 1 and abs(mean) > interval})  # fmt: skip
+    return pairs
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| bridge | task | score ± 95% CI | images shuffled | LM | trainable params | visual tokens / image "
              "| step s | train memory MB |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -460,6 +478,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs = [run_one(*job, towers, budget, Path(workdir)) for job in tqdm(jobs, desc="bridges x tasks x seeds")]
     rows = aggregate(runs)
     result = {"budget": dataclasses.asdict(budget), "tasks": tasks, "seeds": args.seeds, "runs": runs, "rows": rows,
+              "pairwise": pairwise(runs),
               "towers": "demo" if args.vision is None else [args.vision, args.text]}  # fmt: skip
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "table.md").write_text(table(rows) + "\n")
