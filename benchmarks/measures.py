@@ -1,4 +1,4 @@
-"""The five measures of `benchmarks/run.py`; each returns rows {id, measure, hf_mm, reference, ratio, target}."""
+"""The measures of `benchmarks/run.py`; each returns rows {id, measure, hf_mm, reference, ratio, target}."""
 
 import random
 import tempfile
@@ -270,3 +270,65 @@ def p5_decode(size: dict, device) -> list[dict]:
 
 
 ALL = [p1_train_step, p2_packing, p3_window_attention, p4_qlora_memory, p5_decode]
+
+
+# ---------------------------------------------------------------- P8: long context at a large vocabulary
+
+
+def long_context_llava(size: dict):
+    """(reference, hf_mm, inputs): LLaVA at a small width with `size["long_vocab"]` tokens (Qwen2.5's 151,936 in
+    the small and gpu presets), batch 2 of `size["long_tokens"]` tokens (an image's 64 placeholders, then text),
+    every text token a label."""
+    vocab, length = size["long_vocab"], size["long_tokens"]
+    reference, _, _ = build_llava(size["hidden"], size["layers"], 112)
+    text = reference.config.text_config
+    text.vocab_size = vocab
+    reference = type(reference)(reference.config).eval()
+    ours = hf_mm.convert.from_transformers_llava(reference, None)[0]
+    image_id, pad_id = reference.config.image_token_id, text.pad_token_id
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, vocab, (2, length), generator=generator)
+    ids[:, :64] = image_id  # (112 / 14)^2 patches; the CLS token is dropped ("default" strategy)
+    assert pad_id not in ids[:, 64:]
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": torch.rand(2, 3, 112, 112)}
+    inputs["labels"] = ids.masked_fill(ids == image_id, -100)
+    return reference, ours, inputs
+
+
+def p8_long_context(size: dict, device) -> list[dict]:
+    """One train step at a large vocabulary and a long context (vocab 151,936, 2,048 tokens x batch 2): peak memory, each model alone in a fresh
+    process (`benchmarks.step_memory`), and tokens/s, alternated in this one."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    reference, ours, inputs = long_context_llava(size)
+    reference, ours = reference.to(device).train(), ours.to(device).train()
+    on_device = {key: value.to(device) for key, value in inputs.items()}
+    _check(ours(**on_device).loss.detach(), reference(**on_device).loss.detach(), "long-context loss")
+    peaks = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for kind, model in (("hf_mm", ours), ("reference", reference)):
+            model.save_pretrained(Path(folder) / kind)
+        save_file(inputs, Path(folder) / "inputs.safetensors")
+        for kind in ("hf_mm", "reference"):
+            done = subprocess.run([sys.executable, "-m", "benchmarks.step_memory", str(Path(folder) / kind), kind,
+                                   str(Path(folder) / "inputs.safetensors")], capture_output=True, text=True,
+                                  check=True, cwd=Path(__file__).parent.parent)  # fmt: skip
+            peaks[kind] = json.loads(done.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**20
+    result = alternate(train_step(ours, on_device), train_step(reference, on_device), size["repeats"])
+    tokens = inputs["input_ids"].numel()
+    shape = f"vocab {size['long_vocab']:,}, batch 2 x {size['long_tokens']:,} tokens"
+    return [
+        {"id": "P8-memory", "measure": f"train step peak memory MB, {shape}", "hf_mm": peaks["hf_mm"],
+         "reference": peaks["reference"], "ratio": peaks["hf_mm"] / peaks["reference"], "target": "<= 0.5"},
+        {"id": "P8-speed", "measure": f"train step tokens/s, {shape}", "hf_mm": tokens / result["hf_mm"],
+         "reference": tokens / result["reference"], "ratio": 1 / result["ratio"],
+         "spread": [1 / result["spread"][1], 1 / result["spread"][0]], "target": ">= 1.0"},
+    ]  # fmt: skip
+
+
+ALL.append(p8_long_context)

@@ -8,7 +8,18 @@ import json
 from benchmarks.run import markdown
 from hf_mm.cli import main
 
-IDS = ["P1-llava", "P1-qwen2_5_vl", "P1-clip", "P1-blip2", "P2-llava", "P3-qwen2_5_vit", "P4-qlora", "P5-llava"]
+IDS = [
+    "P1-llava",
+    "P1-qwen2_5_vl",
+    "P1-clip",
+    "P1-blip2",
+    "P2-llava",
+    "P3-qwen2_5_vit",
+    "P4-qlora",
+    "P5-llava",
+    "P8-memory",
+    "P8-speed",
+]
 
 
 def test_smoke_preset_writes_every_measure(tmp_path, capsys):
