@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers.utils.import_utils import torch_compilable_check
 
 from ..tokens import IMAGE_TOKEN, prepare_tokenizer, stop_at_end_of_turn
 from .compat import CACHE_NAME, MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
@@ -134,13 +135,16 @@ class ComposedModel(ComposedPreTrainedModel):
     def scatter_features(inputs_embeds, placeholder_mask, features: torch.Tensor, name: str = "image"):
         """`inputs_embeds` (B, L, D) with `features` (N_tokens, D) written at the placeholders, in order; refuses
         a count mismatch with the numbers (the wording TRL's hint looks for)."""
-        n_tokens, n_features = int(placeholder_mask.sum()), features.shape[0]
-        if n_tokens != n_features:
-            raise ValueError(
-                f"Image features and image tokens do not match: {name} tokens: {n_tokens}, features: {n_features}. "
-                "Build the text with this model's processor, which expands each placeholder into exactly the "
-                "number of tokens the bridge emits, and pass one image per placeholder."
-            )
+        n_tokens, n_features = placeholder_mask.sum(), features.shape[0]
+        # A tensor check, not `int(...)`: under torch.compile it is a hint instead of a host sync and a graph break.
+        torch_compilable_check(
+            n_tokens == n_features,
+            lambda: (
+                f"Image features and image tokens do not match: {name} tokens: {int(n_tokens)}, features: "
+                f"{n_features}. Build the text with this model's processor, which expands each placeholder into "
+                "exactly the number of tokens the bridge emits, and pass one image per placeholder."
+            ),
+        )
         features = features.to(inputs_embeds.device, inputs_embeds.dtype)
         return inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), features)
 

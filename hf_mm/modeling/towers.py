@@ -4,6 +4,8 @@ causal LM, split into its bare decoder and its output head. Shared by every fami
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from transformers import (
@@ -20,6 +22,11 @@ from transformers import (
     SiglipTextModel,
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+try:
+    from transformers.utils.output_capturing import maybe_install_capturing_hooks
+except ImportError:  # a release that records hidden states without hooks
+    maybe_install_capturing_hooks = None
 
 from .safetensors_only import load_safetensors
 
@@ -90,6 +97,55 @@ def tower_outputs(vision_tower: nn.Module, pixel_values: torch.Tensor, **kwargs)
 
 
 LAST_HIDDEN_STATE = "last_hidden_state"
+BLOCK_LISTS = ("encoder.layers", "encoder.layer")  # CLIP, SigLIP, BLIP-2's ViT | ViT, DINOv2
+
+
+def block_list(vision_tower: nn.Module) -> tuple[nn.Module, str, nn.ModuleList] | None:
+    """(parent, attribute, blocks) of the tower's list of transformer blocks, or None for a tower without one."""
+    for name, module in vision_tower.named_modules():
+        if isinstance(module, nn.ModuleList) and name.endswith(BLOCK_LISTS):
+            parent_name, _, attribute = name.rpartition(".")
+            return vision_tower.get_submodule(parent_name), attribute, module
+    return None
+
+
+@contextlib.contextmanager
+def running_blocks(vision_tower: nn.Module, found: tuple[nn.Module, str, nn.ModuleList] | None, depth: int | None):
+    """Inside, the tower runs its first `depth` blocks only (None: all). The block list is swapped for its prefix
+    and put back on exit: parameters, state-dict keys and checkpoints never see the difference."""
+    if found is None or depth is None or depth >= len(found[2]):
+        yield
+        return
+    parent, attribute, blocks = found
+    if maybe_install_capturing_hooks is not None:
+        # transformers (5.2x) hooks the blocks it records hidden states from on a model's first call: hook the whole
+        # list now, or a first call inside here would hook the prefix alone, for good.
+        for module in vision_tower.modules():
+            if isinstance(module, PreTrainedModel):
+                maybe_install_capturing_hooks(module)
+    setattr(parent, attribute, blocks[:depth])
+    try:
+        yield
+    finally:
+        setattr(parent, attribute, blocks)
+
+
+def read_tower(vision_tower: nn.Module, pixel_values: torch.Tensor, layers: list, all_blocks: bool = False, **kwargs):
+    """(the tower's outputs, [(B, N, D_v) features for each of `layers`]) with `tower_features`' meaning of a
+    layer. The tower runs only up to the deepest block that is read: LLaVA's `vision_feature_layer=-2` never runs
+    the last block, whose output nothing uses. `all_blocks` (when the caller returns every hidden state) and a
+    "last_hidden_state" read run the whole tower."""
+    found = block_list(vision_tower)
+    depth, absolute = None, list(layers)
+    if found is not None:
+        total = len(found[2])  # hidden_states has total + 1 entries: the embeddings, then each block's output
+        absolute = [layer if layer == LAST_HIDDEN_STATE else layer % (total + 1) for layer in layers]
+        # Under torch.compile the whole tower: swapping modules mid-trace would break the graph.
+        if not all_blocks and LAST_HIDDEN_STATE not in absolute and not torch.compiler.is_compiling():
+            depth = max(*absolute, 1)  # at least one block: transformers records the embeddings from its input
+    with running_blocks(vision_tower, found, depth):
+        outputs = tower_outputs(vision_tower, pixel_values, **kwargs)
+    return outputs, [tower_features(outputs, layer) for layer in absolute]
 
 
 def tower_features(outputs, layer: int | str) -> torch.Tensor:

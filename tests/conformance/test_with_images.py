@@ -4,7 +4,7 @@ and the gradient-checkpointing check that transformers skips for Llava and Idefi
 - eager attention equals SDPA, on left- and right-padded batches, for every family (CLIP: padded captions);
 - RoPE scaling set in the LM's config reaches the composite: `linear` changes the outputs, `dynamic` leaves a short
   input alone (it only rescales past `max_position_embeddings`);
-- gradient checkpointing leaves every gradient unchanged.
+- gradient checkpointing recomputes both towers and leaves every gradient unchanged, for every family.
 """
 
 import copy
@@ -91,16 +91,35 @@ def test_rope_scaling_from_the_lm_config_reaches_the_composite(family):
     assert not torch.allclose(outputs["linear"][keep], outputs["default"][keep], atol=1e-5)
 
 
-@pytest.mark.parametrize("family", ["llava", "flamingo"])
-def test_gradient_checkpointing_leaves_every_gradient_unchanged(family):
-    grads = []
+def linear_calls(module: torch.nn.Module) -> list:
+    """A list that grows by one per forward of any nn.Linear inside `module` (recomputation included: the hooks
+    sit inside the checkpointed layers, not on them)."""
+    calls = []
+    for linear in (m for m in module.modules() if isinstance(m, torch.nn.Linear)):
+        linear.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradient_checkpointing_recomputes_both_towers_and_leaves_every_gradient_unchanged(family):
+    """Every family: with activation checkpointing on, the vision tower's and the LM's layers run again in backward
+    (so their activations were not kept), and every gradient equals the run without it."""
+    grads, calls = [], []
     for checkpointing in (False, True):
         model, inputs = build(family)
+        if family == "blip2":  # the Q-Former's dropout would draw different masks in the two runs
+            for module in model.modules():
+                if isinstance(module, torch.nn.Dropout):
+                    module.p = 0.0
         model.train()
         if checkpointing:
             enable_activation_checkpointing(model)
+        towers = {role: linear_calls(getattr(model.model, role)) for role in ("vision_tower", "language_model")}
         model(**inputs, labels=inputs["input_ids"]).loss.backward()
+        calls.append({role: len(count) for role, count in towers.items()})
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    for role in ("vision_tower", "language_model"):
+        assert calls[1][role] > calls[0][role] > 0, (role, calls)  # recomputed in backward
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 20
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, atol=1e-6, rtol=1e-5, msg=name)

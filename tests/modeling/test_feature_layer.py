@@ -80,3 +80,28 @@ def test_a_checkpoint_saved_when_minus_one_meant_last_hidden_state_keeps_its_out
 def test_an_unknown_name_is_refused():
     with pytest.raises(ValueError, match="vision_feature_layer='pooler'"):
         T.tiny_blip2_config(vision_feature_layer="pooler")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_tower_runs_only_up_to_the_block_it_is_read_from(family):
+    """`vision_feature_layer=-2`: the last block never runs (its output is unused); asking for every hidden state
+    runs it; the model's state-dict keys are the same before and after (checkpoints never see the difference)."""
+    from hf_mm.modeling.towers import block_list
+
+    model_class, make = FAMILIES[family]
+    model = model_class(make(vision_feature_layer=-2)).eval()
+    blocks = block_list(model.model.vision_tower)[2]
+    assert len(blocks) >= 2
+    keys, ran = list(model.state_dict()), []
+    for index, block in enumerate(blocks):
+        block.register_forward_hook(lambda *args, index=index: ran.append(index))
+    pixels = torch.randn(1, 3, T.IMAGE_SIZE, T.IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        skipped = model.get_image_features(pixels).pooler_output
+        assert ran == list(range(len(blocks) - 1))
+        ran.clear()
+        full = model.get_image_features(pixels, output_hidden_states=True)
+        assert ran == list(range(len(blocks))) and len(full.hidden_states) == len(blocks) + 1
+    torch.testing.assert_close(skipped, full.pooler_output, atol=0, rtol=0)
+    assert keys == list(model.state_dict())
+    assert block_list(model.model.vision_tower)[2] is blocks  # put back

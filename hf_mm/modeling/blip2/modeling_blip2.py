@@ -46,7 +46,7 @@ from ..composition import (
     ComposedPreTrainedModel,
     loading_kwargs,
 )
-from ..towers import image_features_output, load_vision_tower, tower_features, tower_from_config, tower_outputs
+from ..towers import image_features_output, load_vision_tower, read_tower, tower_from_config
 from .configuration_blip2 import HfMmBlip2Config
 from .init_from_bert import qformer_from_bert
 from .masks import qformer_attention_mask
@@ -91,6 +91,9 @@ class QFormerTextEmbeddings(nn.Module):
 class QFormerBridge(nn.Module):
     """BLIP-2's bridge: learned queries read the tower features through the Q-Former; a linear layer projects the
     query outputs to the LM width (`output_size`; None for the stage-1 model, which has no LM)."""
+
+    # Gathered into the composite's `_no_split_modules` by transformers: an FSDP wrap unit, never split by device_map.
+    _no_split_modules = ["Blip2QFormerLayer"]
 
     def __init__(self, config: HfMmBlip2Config, output_size: int | None = None):
         super().__init__()
@@ -207,11 +210,13 @@ class HfMmBlip2Model(HfMmBlip2PreTrainedModel, ComposedModel):
                 "Got qformer_input_ids, but this model's Q-Former does not read text. Drop them, or build an "
                 "instruction-aware model (qformer_config.use_qformer_text_input=True, InstructBLIP)."
             )
-        outputs = tower_outputs(self.vision_tower, pixel_values, **kwargs)
-        features = tower_features(outputs, self.config.vision_feature_layer)  # (B, N, D_v)
-        prefix = self.bridge(features, input_ids=qformer_input_ids, attention_mask=qformer_attention_mask)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        layer = self.config.vision_feature_layer
+        outputs, (features,) = read_tower(self.vision_tower, pixel_values, [layer], output_hidden_states, **kwargs)
+        prefix = self.bridge(
+            features, input_ids=qformer_input_ids, attention_mask=qformer_attention_mask
+        )  # (B, N, D_v) in
         return image_features_output(outputs, prefix, output_hidden_states)
 
     @can_return_tuple
@@ -420,7 +425,7 @@ class HfMmBlip2ForImageTextRetrieval(HfMmBlip2PreTrainedModel):
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, D_v) tower features."""
-        return tower_features(tower_outputs(self.vision_tower, pixel_values), self.config.vision_feature_layer)
+        return read_tower(self.vision_tower, pixel_values, [self.config.vision_feature_layer])[1][0]
 
     @torch.no_grad()
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

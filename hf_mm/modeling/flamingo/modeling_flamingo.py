@@ -38,7 +38,7 @@ from ..composition import (
     ComposedModelOutputWithPast,
     ComposedPreTrainedModel,
 )
-from ..towers import image_features_output, tower_features, tower_outputs
+from ..towers import image_features_output, read_tower
 from .configuration_flamingo import HfMmFlamingoConfig
 
 
@@ -120,6 +120,9 @@ class GatedCrossAttentionBlock(nn.Module):
 class FlamingoBridge(nn.Module):
     """The resampler plus one gated cross-attention block per chosen decoder layer (`config.cross_attn_layers`)."""
 
+    # Gathered into the composite's `_no_split_modules` by transformers: an FSDP wrap unit, never split by device_map.
+    _no_split_modules = ["GatedCrossAttentionBlock"]
+
     def __init__(self, config: HfMmFlamingoConfig):
         super().__init__()
         vision_width, text_width = config.vision_config.hidden_size, config.text_config.hidden_size
@@ -195,12 +198,14 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, ComposedModel):
         media; the tower's `last_hidden_state` (per frame for clips) alongside."""
         video = pixel_values.dim() == 5
         flat = pixel_values.flatten(0, 1) if video else pixel_values
-        outputs = tower_outputs(self.vision_tower, flat, **kwargs)
-        features = tower_features(outputs, self.config.vision_feature_layer)  # (N [* F], P, D_v)
-        if video:
-            features = features.unflatten(0, pixel_values.shape[:2])  # (N, F, P, D_v)
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        layer = self.config.vision_feature_layer
+        outputs, (features,) = read_tower(
+            self.vision_tower, flat, [layer], output_hidden_states, **kwargs
+        )  # (N [* F], P, D_v)
+        if video:
+            features = features.unflatten(0, pixel_values.shape[:2])  # (N, F, P, D_v)
         return image_features_output(outputs, self.bridge(features), output_hidden_states)
 
     def media_per_sample(self, is_image: torch.Tensor, media: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:

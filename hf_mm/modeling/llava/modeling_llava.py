@@ -26,7 +26,7 @@ from ..composition import (
     ComposedModelOutputWithPast,
     ComposedPreTrainedModel,
 )
-from ..towers import image_features_output, tower_features, tower_outputs
+from ..towers import image_features_output, read_tower
 from .configuration_llava import HfMmLlavaConfig
 
 
@@ -77,15 +77,15 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel, ComposedModel):
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         layers = [layer] if isinstance(layer, (int, str)) else list(layer)
 
-        outputs = tower_outputs(self.vision_tower, pixel_values, **kwargs)
-        features = torch.cat([tower_features(outputs, i) for i in layers], dim=-1)  # (B, P + h*w, D_v * L)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        outputs, read = read_tower(self.vision_tower, pixel_values, layers, all_blocks=output_hidden_states, **kwargs)
+        features = torch.cat(read, dim=-1)  # (B, P + h*w, D_v * L)
 
         patch_size = self.config.vision_config.patch_size
         grid = (pixel_values.shape[-2] // patch_size, pixel_values.shape[-1] // patch_size)
         if strategy == "default":
             features = features[:, features.shape[1] - grid[0] * grid[1] :]  # drop the CLS/register prefix
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
         return image_features_output(outputs, self.bridge(features, grid_size=grid), output_hidden_states)
 
     @can_return_tuple

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutput
 
 from ..initialization import GuardedInitMixin
@@ -137,7 +138,7 @@ class VisionMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
-class VisionBlock(nn.Module):
+class VisionBlock(GradientCheckpointingLayer):  # recomputed in backward under activation checkpointing
     def __init__(self, config: HfMmQwen2_5_ViTConfig):
         super().__init__()
         self.norm1 = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -180,6 +181,7 @@ class HfMmQwen2_5_ViTModel(GuardedInitMixin, SafetensorsOnlyMixin, PreTrainedMod
     input_modalities = ("image", "video")
     _no_split_modules = ["VisionBlock"]
     _supports_sdpa = True
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: HfMmQwen2_5_ViTConfig):
         super().__init__(config)
