@@ -6,16 +6,29 @@
   crash is never blocked by a stale lock file.
 - `TrainingGuardsMixin.compute_loss`: a NaN or inf loss raises `FloatingPointError` naming the step, before that
   step's update and before any checkpoint of it, so the last checkpoint on disk is the last good one.
+- Checkpoints that survive a kill. Trainer writes `checkpoint-N` file by file, so a run killed while saving leaves a
+  folder that looks like a checkpoint and is not one. Once every file of it is written (and before older
+  checkpoints are rotated away), `COMPLETE_NAME` is written into it atomically, listing each file's size.
+  `resume_from_checkpoint="latest"` (and `True`) picks the newest complete checkpoint and reports the incomplete ones,
+  which are never loaded and never deleted; an explicit path must be complete. A save that fails (a full disk)
+  raises, naming the incomplete folder and the newest complete checkpoint, which it left intact.
 """
 
 import fcntl
+import json
+import logging
 import os
+import re
 from pathlib import Path
 
 import torch
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".hf_mm.lock"
+COMPLETE_NAME = "hf_mm_checkpoint_complete.json"
+LATEST = "latest"
 _HELD: dict[str, int] = {}  # resolved folder -> file descriptor holding its lock, for this process's lifetime
 
 
@@ -40,13 +53,107 @@ def lock_output_dir(output_dir: str | os.PathLike) -> None:
     _HELD[str(folder)] = fd
 
 
-class TrainingGuardsMixin:
-    """For Trainer subclasses: the output-folder lock around `train()` and the finite-loss check."""
+def mark_complete(checkpoint: str | os.PathLike) -> None:
+    """Record that every file of `checkpoint` is written: the marker lists their sizes, and appears atomically
+    (written aside, flushed to disk, then renamed), so it is either whole or absent."""
+    folder = Path(checkpoint)
+    files = {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+    files.pop(COMPLETE_NAME, None)
+    staging = folder / f".{COMPLETE_NAME}.tmp"
+    with open(staging, "w") as handle:
+        json.dump({"files": files}, handle, indent=1)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(staging, folder / COMPLETE_NAME)
 
-    def train(self, *args, **kwargs):
+
+def is_complete(checkpoint: str | os.PathLike) -> bool:
+    """Whether `checkpoint` has its marker and every file the marker lists, at its recorded size."""
+    marker = Path(checkpoint) / COMPLETE_NAME
+    try:
+        files = json.loads(marker.read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return all((Path(checkpoint) / name).is_file() and (Path(checkpoint) / name).stat().st_size == size
+               for name, size in files.items())  # fmt: skip
+
+
+def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The `checkpoint-N` folders of `output_dir`, oldest first."""
+    folder = Path(output_dir)
+    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
+
+
+def latest_complete(output_dir: str | os.PathLike) -> str | None:
+    """The newest complete checkpoint in `output_dir` (None if there is none); logs every incomplete one newer than
+    it, which is kept on disk for inspection and never loaded."""
+    found = checkpoints(output_dir)
+    complete = [p for p in found if is_complete(p)]
+    newest = complete[-1] if complete else None
+    partial = [p.name for p in found if not is_complete(p) and (newest is None or _step(p) > _step(newest))]
+    if partial:
+        logger.warning(
+            "%d incomplete checkpoint(s) in %s (%s): a run was stopped while saving them. They are not loaded and "
+            "are left on disk; resuming from %s.", len(partial), output_dir, ", ".join(partial),
+            newest or "the start (no complete checkpoint)",
+        )  # fmt: skip
+    return None if newest is None else str(newest)
+
+
+def _step(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
+
+
+def resolve_resume(output_dir: str | os.PathLike, resume_from_checkpoint) -> str | None:
+    """`resume_from_checkpoint` as Trainer should get it: "latest" or True -> the newest complete checkpoint (None
+    when there is none), a path -> that path if it is complete, None/False -> None."""
+    if resume_from_checkpoint in (None, False, ""):
+        return None
+    if resume_from_checkpoint is True or resume_from_checkpoint == LATEST:
+        return latest_complete(output_dir)
+    if not is_complete(resume_from_checkpoint):
+        raise ValueError(
+            f"resume_from_checkpoint={str(resume_from_checkpoint)!r} is not a complete hf_mm checkpoint (no valid "
+            f"{COMPLETE_NAME}: it was being written when its run stopped, or hf_mm did not write it). Pass "
+            f"'{LATEST}' to resume from the newest complete checkpoint in output_dir. If you know this folder is "
+            f"whole, `hf_mm.training.guards.mark_complete(folder)` marks it."
+        )
+    return str(resume_from_checkpoint)
+
+
+class TrainingGuardsMixin:
+    """For Trainer subclasses: the output-folder lock around `train()`, the finite-loss check, and checkpoints that
+    survive a kill (see the module docstring)."""
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if self.is_world_process_zero():
             lock_output_dir(self.args.output_dir)
-        return super().train(*args, **kwargs)
+        resume_from_checkpoint = resolve_resume(self.args.output_dir, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        """Trainer's save, then the completion marker, and only then the rotation of older checkpoints: at no
+        moment is the newest complete checkpoint gone. A failed save (a full disk) raises naming both folders."""
+        limit, self.args.save_total_limit = self.args.save_total_limit, None  # Trainer's own rotation: off
+        run_dir = Path(self._get_output_dir(trial=trial))
+        folder = run_dir / f"checkpoint-{self.state.global_step}"
+        try:
+            super()._save_checkpoint(model, trial)
+        except OSError as error:
+            newest = next((str(p) for p in reversed(checkpoints(run_dir)) if is_complete(p)), None)
+            raise OSError(
+                error.errno,
+                f"Saving {folder} failed: {error}. That folder is incomplete and will not be loaded; the newest "
+                f"complete checkpoint, {newest or 'none'}, is intact. Free space (or lower save_total_limit) and "
+                f"resume with --resume_from_checkpoint {LATEST}.",
+            ) from error
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            mark_complete(folder)
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)  # fmt: skip
 
     def compute_loss(self, model, inputs, *args, **kwargs):
         result = super().compute_loss(model, inputs, *args, **kwargs)
