@@ -164,7 +164,7 @@ class ComposedModel(ComposedPreTrainedModel):
                     "features: 0. The text holds <image> placeholders but no pixel_values were given."
                 )
             return inputs_embeds, None
-        image_outputs = self.get_image_features(pixel_values, **image_kwargs)
+        image_outputs = self.get_image_features(pixel_values, skip_unread_blocks=True, **image_kwargs)
         flat = image_outputs.pooler_output.reshape(-1, inputs_embeds.shape[-1])  # (B_img * N, D)
         return self.scatter_features(inputs_embeds, placeholder_mask, flat), image_outputs
 

@@ -130,18 +130,21 @@ def running_blocks(vision_tower: nn.Module, found: tuple[nn.Module, str, nn.Modu
         setattr(parent, attribute, blocks)
 
 
-def read_tower(vision_tower: nn.Module, pixel_values: torch.Tensor, layers: list, all_blocks: bool = False, **kwargs):
+def read_tower(vision_tower: nn.Module, pixel_values: torch.Tensor, layers: list, skip_unread_blocks: bool = False,
+               **kwargs):  # fmt: skip
     """(the tower's outputs, [(B, N, D_v) features for each of `layers`]) with `tower_features`' meaning of a
-    layer. The tower runs only up to the deepest block that is read: LLaVA's `vision_feature_layer=-2` never runs
-    the last block, whose output nothing uses. `all_blocks` (when the caller returns every hidden state) and a
-    "last_hidden_state" read run the whole tower."""
+    layer. With `skip_unread_blocks` (the models' forward passes it) the tower runs only up to the deepest block
+    that is read: LLaVA's `vision_feature_layer=-2` never runs the last block, whose output nothing uses; the
+    tower's `last_hidden_state` is then that block's. Without it (`get_image_features`, whose outputs transformers'
+    contract fixes), with attentions asked for, or with a "last_hidden_state" read, the whole tower runs."""
     found = block_list(vision_tower)
     depth, absolute = None, list(layers)
     if found is not None:
         total = len(found[2])  # hidden_states has total + 1 entries: the embeddings, then each block's output
         absolute = [layer if layer == LAST_HIDDEN_STATE else layer % (total + 1) for layer in layers]
         # Under torch.compile the whole tower: swapping modules mid-trace would break the graph.
-        if not all_blocks and LAST_HIDDEN_STATE not in absolute and not torch.compiler.is_compiling():
+        whole = not skip_unread_blocks or kwargs.get("output_attentions") or LAST_HIDDEN_STATE in absolute
+        if not whole and not torch.compiler.is_compiling():
             depth = max(*absolute, 1)  # at least one block: transformers records the embeddings from its input
     with running_blocks(vision_tower, found, depth):
         outputs = tower_outputs(vision_tower, pixel_values, **kwargs)

@@ -84,8 +84,10 @@ def test_an_unknown_name_is_refused():
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_the_tower_runs_only_up_to_the_block_it_is_read_from(family):
-    """`vision_feature_layer=-2`: the last block never runs (its output is unused); asking for every hidden state
-    runs it; the model's state-dict keys are the same before and after (checkpoints never see the difference)."""
+    """`vision_feature_layer=-2`: the models' own reads (`skip_unread_blocks`, which their forward passes) never run
+    the last block, its output unused; `get_image_features()` runs it, as transformers' contract fixes its outputs
+    (the tower's `last_hidden_state` among them), and so does asking for every hidden state. The same features
+    either way, and the model's state-dict keys are the same before and after."""
     from hf_mm.modeling.towers import block_list
 
     model_class, make = FAMILIES[family]
@@ -97,11 +99,28 @@ def test_the_tower_runs_only_up_to_the_block_it_is_read_from(family):
         block.register_forward_hook(lambda *args, index=index: ran.append(index))
     pixels = torch.randn(1, 3, T.IMAGE_SIZE, T.IMAGE_SIZE, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        skipped = model.get_image_features(pixels).pooler_output
+        skipped = model.get_image_features(pixels, skip_unread_blocks=True).pooler_output
         assert ran == list(range(len(blocks) - 1))
-        ran.clear()
-        full = model.get_image_features(pixels, output_hidden_states=True)
-        assert ran == list(range(len(blocks))) and len(full.hidden_states) == len(blocks) + 1
-    torch.testing.assert_close(skipped, full.pooler_output, atol=0, rtol=0)
+        for kwargs in ({}, {"skip_unread_blocks": True, "output_hidden_states": True}):
+            ran.clear()
+            full = model.get_image_features(pixels, **kwargs)
+            assert ran == list(range(len(blocks)))
+            torch.testing.assert_close(skipped, full.pooler_output, atol=0, rtol=0)
     assert keys == list(model.state_dict())
     assert block_list(model.model.vision_tower)[2] is blocks  # put back
+
+
+def test_a_llava_forward_skips_the_unread_block():
+    from hf_mm.modeling.towers import block_list
+
+    config = T.tiny_llava_config(vision_feature_layer=-2)
+    model = HfMmLlavaForConditionalGeneration(config).eval()
+    processor = T.tiny_llava_processor(config)
+    inputs = processor(images=T.random_images(1), text="<image> what is it?", return_tensors="pt")
+    ran = []
+    blocks = block_list(model.model.vision_tower)[2]
+    blocks[-1].register_forward_hook(lambda *args: ran.append("last"))
+    blocks[-2].register_forward_hook(lambda *args: ran.append("read"))
+    with torch.no_grad():
+        model(**inputs)
+    assert ran == ["read"]

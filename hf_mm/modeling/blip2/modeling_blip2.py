@@ -201,6 +201,7 @@ class HfMmBlip2Model(HfMmBlip2PreTrainedModel, ComposedModel):
         qformer_input_ids: torch.LongTensor | None = None,
         qformer_attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
+        skip_unread_blocks: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """(B, C, H, W) pixels [+ (B, T) instruction for InstructBLIP] -> `pooler_output` (B, Q, D_text), the prefix
@@ -213,7 +214,8 @@ class HfMmBlip2Model(HfMmBlip2PreTrainedModel, ComposedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         layer = self.config.vision_feature_layer
-        outputs, (features,) = read_tower(self.vision_tower, pixel_values, [layer], output_hidden_states, **kwargs)
+        skip = skip_unread_blocks and not output_hidden_states  # (the forward's reads skip the unread blocks)
+        outputs, (features,) = read_tower(self.vision_tower, pixel_values, [layer], skip, **kwargs)
         prefix = self.bridge(
             features, input_ids=qformer_input_ids, attention_mask=qformer_attention_mask
         )  # (B, N, D_v) in

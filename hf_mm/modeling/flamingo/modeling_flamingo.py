@@ -192,7 +192,11 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, ComposedModel):
 
     @can_return_tuple
     def get_image_features(
-        self, pixel_values: torch.Tensor, output_hidden_states: bool | None = None, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        skip_unread_blocks: bool = False,
+        **kwargs,
     ) -> BaseModelOutputWithPooling:
         """(N, C, H, W) images or (N, F, C, H, W) clips -> `pooler_output` (N, num_latents, D_v), the resampled
         media; the tower's `last_hidden_state` (per frame for clips) alongside."""
@@ -201,9 +205,8 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, ComposedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         layer = self.config.vision_feature_layer
-        outputs, (features,) = read_tower(
-            self.vision_tower, flat, [layer], output_hidden_states, **kwargs
-        )  # (N [* F], P, D_v)
+        skip = skip_unread_blocks and not output_hidden_states  # (the forward's reads skip the unread blocks)
+        outputs, (features,) = read_tower(self.vision_tower, flat, [layer], skip, **kwargs)  # (N [* F], P, D_v)
         if video:
             features = features.unflatten(0, pixel_values.shape[:2])  # (N, F, P, D_v)
         return image_features_output(outputs, self.bridge(features), output_hidden_states)
@@ -237,7 +240,9 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, ComposedModel):
         earlier call; None when the text (with what the cache holds) has no image. Refuses text whose images
         are missing, including a continuation from a cache whose prefix holds images (`offsets` > 0)."""
         if pixel_values is not None:
-            return self.media_per_sample(is_image, self.get_image_features(pixel_values).pooler_output, offsets)
+            return self.media_per_sample(
+                is_image, self.get_image_features(pixel_values, skip_unread_blocks=True).pooler_output, offsets
+            )
         has_cache = past_key_values is not None and past_key_values.get_seq_length() > 0
         if media is None and (bool(offsets.any()) or (is_image.any() and not has_cache)):
             raise ValueError(

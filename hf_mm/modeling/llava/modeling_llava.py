@@ -69,6 +69,7 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel, ComposedModel):
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
         output_hidden_states: bool | None = None,
+        skip_unread_blocks: bool = False,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """(B_img, C, H, W) pixels -> `pooler_output` (B_img, N_tokens, D_text), the bridge outputs; the tower's own
@@ -79,7 +80,8 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel, ComposedModel):
 
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        outputs, read = read_tower(self.vision_tower, pixel_values, layers, all_blocks=output_hidden_states, **kwargs)
+        skip = skip_unread_blocks and not output_hidden_states  # (the forward's reads skip the unread blocks)
+        outputs, read = read_tower(self.vision_tower, pixel_values, layers, skip, **kwargs)
         features = torch.cat(read, dim=-1)  # (B, P + h*w, D_v * L)
 
         patch_size = self.config.vision_config.patch_size
