@@ -122,9 +122,26 @@ def resolve_resume(output_dir: str | os.PathLike, resume_from_checkpoint) -> str
     return str(resume_from_checkpoint)
 
 
+def read_shards_per_rank(args, train_dataset) -> None:
+    """For a streaming `datasets.IterableDataset`: each rank reads its own shards (accelerate's `shard`, as
+    `split_dataset_by_node` does), unless the caller chose `dispatch_batches` itself. accelerate's default for an
+    iterable dataset is the opposite: rank 0 reads every sample and sends each rank its slice."""
+    from datasets import IterableDataset
+
+    if args is None or not isinstance(train_dataset, IterableDataset):
+        return
+    config = args.accelerator_config
+    if getattr(config, "dispatch_batches", None) is None:
+        config.dispatch_batches = False
+
+
 class TrainingGuardsMixin:
     """For Trainer subclasses: the output-folder lock around `train()`, the finite-loss check, and checkpoints that
     survive a kill (see the module docstring)."""
+
+    def __init__(self, *args, **kwargs):
+        read_shards_per_rank(kwargs.get("args"), kwargs.get("train_dataset"))
+        super().__init__(*args, **kwargs)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         if self.is_world_process_zero():
