@@ -106,7 +106,9 @@ def test_shards_stream_in_order_intact_and_inside_their_root(tmp_path):
         stream_shards(tmp_path / "shards")
 
 
-@pytest.mark.parametrize("recipe", ["sft", "contrastive"])
+# Contrastive, a plain Trainer underneath: TRL's SFT and DPO trainers set `dispatch_batches=False` themselves, so
+# this is the path where hf_mm's own setting decides (without it, accelerate's dispatch mode crashes on the batch).
+@pytest.mark.parametrize("recipe", ["contrastive"])
 def test_two_processes_read_disjoint_shards_whose_union_is_everything(tmp_path, recipe):
     data = samples(16)
     if recipe == "contrastive":
