@@ -50,3 +50,13 @@ def test_mfu_counts_six_flops_per_parameter_and_token():
     assert result["tokens_per_s"] == 4.0  # 8 real tokens in 2 s
     assert result["mfu"] == 6 * 110 * 8 / 2.0 / 989e12
     assert throughput(model, inputs, 2.0, "Some Unknown GPU")["mfu"] is None
+
+
+def test_the_gpu_sft_benchmark_runs_at_its_smoke_size(tmp_path):
+    """`benchmarks/gpu.sh`'s packed-SFT step (it has not run on a GPU yet) runs end to end on CPU when shrunk."""
+    from benchmarks.gpu_sft import main as gpu_sft
+
+    result = gpu_sft(["--smoke", "--steps", "1", "--out", str(tmp_path / "sft.json")])
+    assert result["tokens_per_s"] > 0 and result["mfu"] is None  # no GPU peak to divide by on CPU
+    assert 0 < result["lm_parameters"] < result["parameters"] and result["tower_tflops_per_gpu"] > 0
+    assert json.loads((tmp_path / "sft.json").read_text())["step_seconds"] == result["step_seconds"]
