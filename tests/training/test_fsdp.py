@@ -65,8 +65,8 @@ def single_process(steps: int) -> tuple[list[float], object]:
     return [float(step(model, optimizer, inputs, count)) for _ in range(steps)], model
 
 
-def worker(out: str, mixed_precision: bool = False) -> None:
-    """Runs on each of the 2 ranks (torch.distributed.run)."""
+def worker(out: str) -> None:
+    """Runs on each of the 2 ranks (torch.distributed.run): the fp32 run with its checkpoint, then bf16."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
@@ -76,7 +76,7 @@ def worker(out: str, mixed_precision: bool = False) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     out = pathlib.Path(out)
 
-    def sharded():
+    def sharded(mixed_precision: bool = False):
         model = build()
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()  # fmt: skip
         units = set(model._no_split_modules)  # the recipe's TRANSFORMER_BASED_WRAP
@@ -114,47 +114,51 @@ def worker(out: str, mixed_precision: bool = False) -> None:
     dcp.load(state, checkpoint_id=str(out / "sharded"))
     set_model_state_dict(resumed, state)
     consolidated = get_model_state_dict(resumed, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    bf16, bf16_optimizer = sharded(mixed_precision=True)
+    bf16_losses = [global_step(bf16, bf16_optimizer) for _ in range(STEPS)]
     if rank == 0:
         plain = build()
         plain.load_state_dict(consolidated)
         plain.save_pretrained(out / "consolidated")
-        record = {"losses": losses, "after_save": after_save, "after_resume": after_resume, "frozen": frozen}
+        record = {"losses": losses, "after_save": after_save, "after_resume": after_resume, "frozen": frozen,
+                  "bf16_losses": bf16_losses}  # fmt: skip
         (out / "record.json").write_text(json.dumps(record))
     dist.barrier()
     dist.destroy_process_group()
 
 
-def launch(tmp_path, mixed_precision: bool = False) -> dict:
-    script = tmp_path / "worker.py"
+@pytest.fixture(scope="module")
+def fsdp_run(tmp_path_factory) -> tuple[pathlib.Path, dict]:
+    """One 2-process launch for both tests (starting a process group costs more than the steps)."""
+    folder = tmp_path_factory.mktemp("fsdp")
+    script = folder / "worker.py"
     script.write_text(f"import sys; sys.path.insert(0, {str(ROOT)!r})\nfrom tests.training.test_fsdp import worker\n"
-                      f"worker({str(tmp_path)!r}, mixed_precision={mixed_precision})\n")  # fmt: skip
+                      f"worker({str(folder)!r})\n")  # fmt: skip
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads((tmp_path / "record.json").read_text())
+    return folder, json.loads((folder / "record.json").read_text())
 
 
-def test_fsdp2_matches_one_process_saves_sharded_resumes_and_consolidates(tmp_path):
+def test_fsdp2_matches_one_process_saves_sharded_resumes_and_consolidates(fsdp_run):
     from transformers import AutoModelForImageTextToText
 
-    record = launch(tmp_path)
+    folder, record = fsdp_run
     expected, _ = single_process(STEPS + 1)
     print(f"FSDP2 losses {record['losses'] + [record['after_save']]}, one process {expected}")
     assert max(abs(a - b) for a, b in zip(record["losses"], expected)) < 1e-5
     assert abs(record["after_save"] - expected[STEPS]) < 1e-5 and abs(record["after_resume"] - expected[STEPS]) < 1e-5
     assert record["frozen"]
-    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "consolidated").eval()
+    loaded = AutoModelForImageTextToText.from_pretrained(folder / "consolidated").eval()
     _, reference = single_process(STEPS)  # the weights the sharded checkpoint holds
     inputs = {k: v for k, v in batch().items() if k != "labels"}
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs).logits, reference.eval()(**inputs).logits, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.slow
-def test_fsdp2_trains_in_bf16_mixed_precision(tmp_path):
-    record = launch(tmp_path, mixed_precision=True)
+def test_fsdp2_trains_in_bf16_mixed_precision(fsdp_run):
+    _, record = fsdp_run
     expected, _ = single_process(STEPS)
-    print(f"FSDP2 bf16 losses {record['losses']}, fp32 one process {expected}")
-    assert all(abs(a - b) < 2e-2 for a, b in zip(record["losses"], expected))
-    assert record["frozen"]
+    print(f"FSDP2 bf16 losses {record['bf16_losses']}, fp32 one process {expected}")
+    assert all(abs(a - b) < 2e-2 for a, b in zip(record["bf16_losses"], expected))
