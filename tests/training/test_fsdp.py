@@ -4,7 +4,8 @@ accelerate does not run FSDP on CPU: with `--use_cpu` it falls back to DDP, and 
 form a group. So this drives PyTorch's FSDP2 (`fully_shard`) directly, as accelerate would configure it from the
 recipe: every module class in the model's `_no_split_modules` is a unit (TRANSFORMER_BASED_WRAP), the recipe's
 `fsdp_reshard_after_forward`, and a sharded state dict saved with `torch.distributed.checkpoint`
-(SHARDED_STATE_DICT). The model is a composed LLaVA: frozen tower, trained bridge, LM trained fully.
+(SHARDED_STATE_DICT). The model is a composed LLaVA: frozen tower, trained bridge, and the LM trained fully (and, in
+a second run, through LoRA: the loss again equals one process, and the LM's base weights do not move).
 
 Shown: the per-step loss on 2 ranks (2 samples each) equals the single-process run on the same 4-sample batch to
 1e-5; the frozen tower is unchanged; a sharded checkpoint resumes (the next step's loss equals the uninterrupted
@@ -27,13 +28,17 @@ RECIPE = yaml.safe_load((ROOT / "recipes/accelerate/fsdp.yaml").read_text())["fs
 STEPS, LR = 3, 0.05
 
 
-def build():
+def build(lora: bool = False):
+    """The composed LLaVA of `instruct`: frozen tower, trained bridge, the LM trained fully or through LoRA."""
     from hf_mm import HfMmLlavaForConditionalGeneration
-    from hf_mm.training.setup import prepare_model
-    from tests.training.helpers import CONFIG
+    from hf_mm.training.setup import HfMmArguments, prepare_model, resolve_stage
+    from tests.training.helpers import CONFIG, LORA
 
     torch.manual_seed(0)
-    return prepare_model(HfMmLlavaForConditionalGeneration(CONFIG), "instruct")
+    model = HfMmLlavaForConditionalGeneration(CONFIG)
+    if lora:
+        return prepare_model(model, resolve_stage(HfMmArguments(stage="instruct"), use_peft=True), LORA)
+    return prepare_model(model, "instruct")
 
 
 def batch() -> dict:
@@ -57,8 +62,8 @@ def step(model, optimizer, inputs: dict, count: int, scale: float = 1.0) -> floa
     return loss.detach()
 
 
-def single_process(steps: int) -> tuple[list[float], object]:
-    model = build()
+def single_process(steps: int, lora: bool = False) -> tuple[list[float], object]:
+    model = build(lora)
     inputs = batch()
     count = int((inputs["labels"] != -100).sum())
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
@@ -76,8 +81,8 @@ def worker(out: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     out = pathlib.Path(out)
 
-    def sharded(mixed_precision: bool = False):
-        model = build()
+    def sharded(mixed_precision: bool = False, lora: bool = False):
+        model = build(lora)
         policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()  # fmt: skip
         units = set(model._no_split_modules)  # the recipe's TRANSFORMER_BASED_WRAP
         for module in model.modules():
@@ -116,12 +121,17 @@ def worker(out: str) -> None:
     consolidated = get_model_state_dict(resumed, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     bf16, bf16_optimizer = sharded(mixed_precision=True)
     bf16_losses = [global_step(bf16, bf16_optimizer) for _ in range(STEPS)]
+    lora, lora_optimizer = sharded(lora=True)
+    base = {k: v.full_tensor().clone() for k, v in lora.state_dict().items() if "base_layer" in k}
+    lora_losses = [global_step(lora, lora_optimizer) for _ in range(STEPS)]
+    lora_base_frozen = all(torch.equal(v.full_tensor(), base[k]) for k, v in lora.state_dict().items() if k in base)
     if rank == 0:
         plain = build()
         plain.load_state_dict(consolidated)
         plain.save_pretrained(out / "consolidated")
         record = {"losses": losses, "after_save": after_save, "after_resume": after_resume, "frozen": frozen,
-                  "bf16_losses": bf16_losses}  # fmt: skip
+                  "bf16_losses": bf16_losses, "lora_losses": lora_losses, "lora_base_frozen": lora_base_frozen,
+                  "lora_base_weights": len(base)}  # fmt: skip
         (out / "record.json").write_text(json.dumps(record))
     dist.barrier()
     dist.destroy_process_group()
@@ -162,3 +172,11 @@ def test_fsdp2_trains_in_bf16_mixed_precision(fsdp_run):
     expected, _ = single_process(STEPS)
     print(f"FSDP2 bf16 losses {record['bf16_losses']}, fp32 one process {expected}")
     assert all(abs(a - b) < 2e-2 for a, b in zip(record["bf16_losses"], expected))
+
+
+def test_fsdp2_trains_the_lm_through_lora_like_one_process(fsdp_run):
+    _, record = fsdp_run
+    expected, _ = single_process(STEPS, lora=True)
+    print(f"FSDP2 LoRA losses {record['lora_losses']}, one process {expected}")
+    assert max(abs(a - b) for a, b in zip(record["lora_losses"], expected)) < 1e-5
+    assert record["lora_base_weights"] > 0 and record["lora_base_frozen"]  # the LM's base weights never move
