@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo fuzz clean test-compat compat-leg coinstall test-torch-newest
+.PHONY: install test lint demo fuzz clean test-compat compat-leg coinstall test-torch-newest test-zero3
 
 # The other end of the transformers window. Each leg has its own venv: 5.16.1 with every other dependency at the
 # lower bound pyproject.toml declares (.ci/lowest.txt), and the newest 5.20 (the highest vLLM 0.33 accepts) with the
@@ -56,6 +56,17 @@ compat-leg:
 	.venv-tf$(LEG)/bin/python -c "import transformers, torch; print('leg', transformers.__version__, torch.__version__)"
 	.venv-tf$(LEG)/bin/python -m ruff check -q hf_mm tests benchmarks
 	.venv-tf$(LEG)/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS)
+
+# DeepSpeed ZeRO-3 on 2 CPU processes (tests/training/test_zero3.py), in its own venv. deepspeed ships only as an
+# sdist whose build imports torch: built without isolation against this venv's CPU torch (an isolated build would
+# fetch a CUDA torch of several GB).
+test-zero3:
+	test -x .venv-zero3/bin/python || python3 -m venv .venv-zero3
+	.venv-zero3/bin/python -m pip install -q --upgrade pip setuptools wheel
+	.venv-zero3/bin/python -m pip install -q "$(TORCH)"
+	.venv-zero3/bin/python -m pip install -q -e ".[dev]"
+	.venv-zero3/bin/python -m pip install -q --no-build-isolation "deepspeed==0.19.8"
+	DS_ACCELERATOR=cpu .venv-zero3/bin/python -m pytest -q -p no:cacheprovider tests/training/test_zero3.py
 
 # pip's resolver: hf-mm beside vLLM 0.33, SGLang 0.5.23 and TRL's vLLM extra (metadata only, about a minute).
 coinstall: install
