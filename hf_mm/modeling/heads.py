@@ -71,7 +71,7 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return *grads, None, None
 
 
-def chunked_causal_lm_loss(hidden_states, lm_head, labels=None, shift_labels=None, chunk_size: int = 1024,
+def chunked_causal_lm_loss(hidden_states, lm_head, labels=None, shift_labels=None, chunk_size: int = DEFAULT_LOSS_CHUNK_SIZE,
                            num_items_in_batch=None, ignore_index: int = IGNORE_INDEX, **kwargs) -> torch.Tensor:  # fmt: skip
     """transformers' `ForCausalLMLoss` (sum over the labelled positions, divided by `num_items_in_batch` or by
     their count) from (B, L, D) hidden states and the LM head, without the (B, L, V) logits."""
@@ -174,6 +174,13 @@ class CausalLMHeadMixin:
     def chunks_loss(self, labels, shift_labels, logits_to_keep) -> int | None:
         """The chunk size when this forward's loss is computed without full logits (a training step), else None."""
         chunk_size = getattr(self.config, "loss_chunk_size", DEFAULT_LOSS_CHUNK_SIZE)
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(
+                f"config.loss_chunk_size={chunk_size!r}: give a positive int (label positions per chunk of the loss), "
+                "or None to compute the loss on full logits."
+            )
         has_labels = labels is not None or shift_labels is not None
         whole = isinstance(logits_to_keep, int) and logits_to_keep == 0
         # Under torch.compile the plain loss: the chunks' count depends on the labels (a graph break per step).

@@ -131,24 +131,24 @@ def running_blocks(vision_tower: nn.Module, found: tuple[nn.Module, str, nn.Modu
 
 
 def read_tower(vision_tower: nn.Module, pixel_values: torch.Tensor, layers: list, skip_unread_blocks: bool = False,
-               **kwargs):  # fmt: skip
+               output_hidden_states: bool | None = False, **kwargs):  # fmt: skip
     """(the tower's outputs, [(B, N, D_v) features for each of `layers`]) with `tower_features`' meaning of a
     layer. With `skip_unread_blocks` (the models' forward passes it) the tower runs only up to the deepest block
     that is read: LLaVA's `vision_feature_layer=-2` never runs the last block, whose output nothing uses; the
     tower's `last_hidden_state` is then that block's. Without it (`get_image_features`, whose outputs transformers'
-    contract fixes), with attentions asked for, or with a "last_hidden_state" read, the whole tower runs."""
-    found = block_list(vision_tower)
-    depth, absolute = None, list(layers)
+    contract fixes), when the caller returns every hidden state or attention, for a "last_hidden_state" read, and
+    under torch.compile (swapping modules mid-trace would break the graph), the whole tower runs."""
+    whole = (not skip_unread_blocks or output_hidden_states or kwargs.get("output_attentions")
+             or LAST_HIDDEN_STATE in layers or torch.compiler.is_compiling())  # fmt: skip
+    found = None if whole else block_list(vision_tower)
+    depth = None
     if found is not None:
         total = len(found[2])  # hidden_states has total + 1 entries: the embeddings, then each block's output
-        absolute = [layer if layer == LAST_HIDDEN_STATE else layer % (total + 1) for layer in layers]
-        # Under torch.compile the whole tower: swapping modules mid-trace would break the graph.
-        whole = not skip_unread_blocks or kwargs.get("output_attentions") or LAST_HIDDEN_STATE in absolute
-        if not whole and not torch.compiler.is_compiling():
-            depth = max(*absolute, 1)  # at least one block: transformers records the embeddings from its input
+        layers = [layer % (total + 1) for layer in layers]  # absolute: the truncated tuple is shorter
+        depth = max(*layers, 1)  # at least one block: transformers records the embeddings from its input
     with running_blocks(vision_tower, found, depth):
         outputs = tower_outputs(vision_tower, pixel_values, **kwargs)
-    return outputs, [tower_features(outputs, layer) for layer in absolute]
+    return outputs, [tower_features(outputs, layer) for layer in layers]
 
 
 def tower_features(outputs, layer: int | str) -> torch.Tensor:

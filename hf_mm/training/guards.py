@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 import torch
-from transformers.trainer_utils import get_last_checkpoint, rotate_checkpoints
+from transformers.trainer_utils import rotate_checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -80,18 +80,22 @@ def is_complete(checkpoint: str | os.PathLike) -> bool:
 
 def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     """The `checkpoint-N` folders of `output_dir`, oldest first."""
-    folder = Path(output_dir)
-    found = [p for p in folder.glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
+    found = [
+        p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and re.fullmatch(r"checkpoint-\d+", p.name)
+    ]
+    return sorted(found, key=_step)
+
+
+def newest_complete(output_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint in `output_dir`, or None."""
+    return next((p for p in reversed(checkpoints(output_dir)) if is_complete(p)), None)
 
 
 def latest_complete(output_dir: str | os.PathLike) -> str | None:
     """The newest complete checkpoint in `output_dir` (None if there is none); logs every incomplete one newer than
     it, which is kept on disk for inspection and never loaded."""
-    found = checkpoints(output_dir)
-    complete = [p for p in found if is_complete(p)]
-    newest = complete[-1] if complete else None
-    partial = [p.name for p in found if not is_complete(p) and (newest is None or _step(p) > _step(newest))]
+    newest = newest_complete(output_dir)
+    partial = [p.name for p in checkpoints(output_dir) if newest is None or _step(p) > _step(newest)]
     if partial:
         logger.warning(
             "%d incomplete checkpoint(s) in %s (%s): a run was stopped while saving them. They are not loaded and "
@@ -158,7 +162,7 @@ class TrainingGuardsMixin:
         try:
             super()._save_checkpoint(model, trial)
         except OSError as error:
-            newest = next((str(p) for p in reversed(checkpoints(run_dir)) if is_complete(p)), None)
+            newest = newest_complete(run_dir)
             raise OSError(
                 error.errno,
                 f"Saving {folder} failed: {error}. That folder is incomplete and will not be loaded; the newest "
@@ -180,8 +184,7 @@ class TrainingGuardsMixin:
     def check_finite_loss(self, loss: torch.Tensor) -> None:
         """Raise on a NaN / inf loss (trainers that define their own `compute_loss` call this from it)."""
         if not torch.isfinite(loss.detach()).all():
-            folder = self.args.output_dir
-            last = get_last_checkpoint(folder) if os.path.isdir(folder) else None
+            last = newest_complete(self.args.output_dir)  # a checkpoint a kill cut short is not a good one
             raise FloatingPointError(
                 f"The training loss is {loss.detach().float().item()} at step {self.state.global_step + 1}; "
                 "training stopped before that step's update. The last good checkpoint is "

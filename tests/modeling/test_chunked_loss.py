@@ -110,3 +110,12 @@ def test_chunked_cross_entropy_matches_torch_with_a_bias_and_a_frozen_weight():
     assert loss.dtype == torch.float32 and hidden.grad.dtype == bias.grad.dtype == torch.float64
     torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grads, (hidden.grad, bias.grad), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "1024"])
+def test_a_loss_chunk_size_it_cannot_honour_is_refused(value):
+    model, inputs, labels = case("llava")
+    model.config.loss_chunk_size = value
+    model.train()
+    with pytest.raises(ValueError, match=r"config\.loss_chunk_size=.*positive int"):
+        model(**inputs, labels=labels)

@@ -214,11 +214,10 @@ class HfMmBlip2Model(HfMmBlip2PreTrainedModel, ComposedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         layer = self.config.vision_feature_layer
-        skip = skip_unread_blocks and not output_hidden_states  # (the forward's reads skip the unread blocks)
-        outputs, (features,) = read_tower(self.vision_tower, pixel_values, [layer], skip, **kwargs)
-        prefix = self.bridge(
-            features, input_ids=qformer_input_ids, attention_mask=qformer_attention_mask
-        )  # (B, N, D_v) in
+        outputs, (features,) = read_tower(
+            self.vision_tower, pixel_values, [layer], skip_unread_blocks, output_hidden_states, **kwargs
+        )  # (B, N, D_v)
+        prefix = self.bridge(features, input_ids=qformer_input_ids, attention_mask=qformer_attention_mask)
         return image_features_output(outputs, prefix, output_hidden_states)
 
     @can_return_tuple

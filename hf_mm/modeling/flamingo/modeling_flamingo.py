@@ -205,8 +205,9 @@ class HfMmFlamingoModel(HfMmFlamingoPreTrainedModel, ComposedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         layer = self.config.vision_feature_layer
-        skip = skip_unread_blocks and not output_hidden_states  # (the forward's reads skip the unread blocks)
-        outputs, (features,) = read_tower(self.vision_tower, flat, [layer], skip, **kwargs)  # (N [* F], P, D_v)
+        outputs, (features,) = read_tower(
+            self.vision_tower, flat, [layer], skip_unread_blocks, output_hidden_states, **kwargs
+        )  # (N [* F], P, D_v)
         if video:
             features = features.unflatten(0, pixel_values.shape[:2])  # (N, F, P, D_v)
         return image_features_output(outputs, self.bridge(features), output_hidden_states)

@@ -80,8 +80,8 @@ class HfMmLlavaModel(HfMmLlavaPreTrainedModel, ComposedModel):
 
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        skip = skip_unread_blocks and not output_hidden_states  # (the forward's reads skip the unread blocks)
-        outputs, read = read_tower(self.vision_tower, pixel_values, layers, skip, **kwargs)
+        outputs, read = read_tower(self.vision_tower, pixel_values, layers, skip_unread_blocks, output_hidden_states,
+                                   **kwargs)  # fmt: skip
         features = torch.cat(read, dim=-1)  # (B, P + h*w, D_v * L)
 
         patch_size = self.config.vision_config.patch_size
