@@ -205,3 +205,30 @@ def test_composition_keeps_the_language_model_and_round_trips(tmp_path):
     assert type(AutoProcessor.from_pretrained(tmp_path / "flamingo")) is HfMmFlamingoProcessor
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).logits, model.eval()(**inputs).logits)
+
+
+def test_checkpoints_with_0d_gates_load_as_1_element_gates(tmp_path):
+    """The gates are (1,) tensors, since FSDP2 cannot shard a 0-d parameter; a checkpoint saved when they were 0-d
+    still loads, with its values, and saves back as (1,)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(0)
+    model = HfMmFlamingoForConditionalGeneration(T.tiny_flamingo_config())
+    gates = [name for name, _ in model.named_parameters() if name.endswith("_gate")]
+    with torch.no_grad():
+        for i, name in enumerate(gates):
+            model.get_parameter(name).fill_(0.1 * (i + 1))
+    model.save_pretrained(tmp_path / "new")
+    weights = load_file(tmp_path / "new" / "model.safetensors")
+    assert len(gates) == 4 and all(weights[name].shape == (1,) for name in gates)
+    old = {key: value.reshape(()) if key in gates else value for key, value in weights.items()}
+    (tmp_path / "old").mkdir()
+    save_file(old, tmp_path / "old" / "model.safetensors", metadata={"format": "pt"})
+    model.config.save_pretrained(tmp_path / "old")
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path / "old")
+    for i, name in enumerate(gates):
+        assert loaded.get_parameter(name).shape == (1,)
+        torch.testing.assert_close(loaded.get_parameter(name), torch.tensor([0.1 * (i + 1)]))
+    loaded.save_pretrained(tmp_path / "again")
+    assert all(load_file(tmp_path / "again" / "model.safetensors")[name].shape == (1,) for name in gates)

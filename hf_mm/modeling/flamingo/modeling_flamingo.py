@@ -25,6 +25,8 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import ConversionOps, WeightConverter
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple
 
@@ -70,7 +72,7 @@ def find_decoder_layers(language_model: nn.Module) -> nn.ModuleList:
 class GatedCrossAttentionBlock(nn.Module):
     """Flamingo's gated xattn-dense block: y = x + tanh(a) * xattn(x, media); y + tanh(b) * ffw(y).
 
-    The scalar gates `attn_gate` / `ff_gate` start at 0, so a fresh block is the identity. `media` and `text_time`
+    The gates `attn_gate` / `ff_gate` (one value each) start at 0, so a fresh block is the identity. `media` and `text_time`
     are set by the model before each LM forward (the decoder layers' own signatures have no room for them).
     """
 
@@ -81,14 +83,14 @@ class GatedCrossAttentionBlock(nn.Module):
         self.to_q = nn.Linear(dim, heads * head_dim, bias=False)
         self.to_kv = nn.Linear(media_dim, 2 * heads * head_dim, bias=False)
         self.to_out = nn.Linear(heads * head_dim, dim, bias=False)
-        self.attn_gate = nn.Parameter(torch.zeros(()))
+        self.attn_gate = nn.Parameter(torch.zeros(1))  # (1,), not a scalar: FSDP2 cannot shard 0-d parameters
         self.feed_forward = nn.Sequential(
             nn.LayerNorm(dim),
             nn.Linear(dim, ff_mult * dim, bias=False),
             nn.GELU(),
             nn.Linear(ff_mult * dim, dim, bias=False),
         )
-        self.ff_gate = nn.Parameter(torch.zeros(()))
+        self.ff_gate = nn.Parameter(torch.zeros(1))
         self.media: torch.Tensor | None = None  # (B, M, n, D_v): each sample's images, resampled
         self.text_time: torch.Tensor | None = None  # (B, L): 1-based index of each token's latest image, 0: none
 
@@ -115,6 +117,27 @@ class GatedCrossAttentionBlock(nn.Module):
         if args:
             return (self(args[0], self.media, self.text_time), *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": self(kwargs["hidden_states"], self.media, self.text_time)}
+
+
+class GateAsVector(ConversionOps):
+    """Checkpoints saved before the gates became (1,) tensors hold them 0-d: they load as (1,), and save as (1,)."""
+
+    @torch.no_grad()
+    def convert(self, input_dict: dict, source_patterns: list[str], target_patterns: list[str], **kwargs) -> dict:
+        tensors = next(iter(input_dict.values()))
+        tensor = tensors[0] if isinstance(tensors, list) else tensors
+        return {target_patterns[0]: tensor.reshape(1)}
+
+    @property
+    def reverse_op(self) -> ConversionOps:
+        return self
+
+
+register_checkpoint_conversion_mapping(
+    HfMmFlamingoConfig.model_type,
+    [WeightConverter(gate, gate, operations=[GateAsVector()]) for gate in ("attn_gate", "ff_gate")],
+    overwrite=True,  # re-importing the module (importlib.reload) registers it again
+)
 
 
 class FlamingoBridge(nn.Module):
