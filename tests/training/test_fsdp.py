@@ -11,6 +11,11 @@ Shown: the per-step loss on 2 ranks (2 samples each) equals the single-process r
 1e-5; the frozen tower is unchanged; a sharded checkpoint resumes (the next step's loss equals the uninterrupted
 run's) and consolidates into safetensors that AutoModelForImageTextToText loads with the single-process model's
 logits; bf16 mixed precision trains to losses within 2e-2 of fp32.
+
+The other generative families (BLIP-2, Flamingo, Qwen2.5-VL) run in the same launch, each wrapped by its own
+`_no_split_modules` (tower block, decoder layer, Q-Former layer, gated cross-attention block): the LM trained fully
+and through LoRA, each against one process; the tower frozen; the consolidated state dict loads through the Auto class
+with the single-process model's logits.
 """
 
 import json
@@ -53,6 +58,49 @@ def batch() -> dict:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels, "labels": labels}
 
 
+OTHER_FAMILIES = ("blip2", "flamingo", "qwen2_5_vl")
+# The wrap units each family must get: tower block, LM decoder layer, and the bridge's own block where it has one.
+UNITS = {
+    "blip2": {"CLIPEncoderLayer", "LlamaDecoderLayer", "Blip2QFormerLayer"},
+    "flamingo": {"CLIPEncoderLayer", "LlamaDecoderLayer", "GatedCrossAttentionBlock"},
+    "qwen2_5_vl": {"VisionBlock", "Qwen2DecoderLayer"},
+}
+
+
+def family_case(family: str, lora: bool = False) -> tuple[torch.nn.Module, dict]:
+    """The `instruct` stage of a tiny `family` model (LM trained fully or through LoRA), and 4 samples of one image
+    each, labelled on their text: the conformance testers' inputs."""
+    from hf_mm.training.setup import HfMmArguments, prepare_model, resolve_stage
+    from tests.conformance.testers import PrefixVLMTester, QwenVLTester, generative_cases
+    from tests.training.helpers import LORA
+
+    model_class, config, _ = generative_cases()[family]
+    if family == "blip2":  # dropout would draw different masks on 2 ranks than in one process
+        config.qformer_config.hidden_dropout_prob = config.qformer_config.attention_probs_dropout_prob = 0.0
+    if family == "qwen2_5_vl":
+        tester = QwenVLTester(None, lambda: config, batch_size=4)
+    else:
+        tester = PrefixVLMTester(None, lambda: config, {"blip2": 4, "flamingo": 1}[family], batch_size=4)
+    torch.manual_seed(1)
+    _, inputs = tester.prepare_config_and_inputs_for_common()
+    torch.manual_seed(0)
+    model = model_class(config)
+    placeholders = torch.tensor(model.placeholder_token_ids())
+    inputs["labels"] = inputs["input_ids"].masked_fill(torch.isin(inputs["input_ids"], placeholders), -100)
+    if lora:
+        return prepare_model(model, resolve_stage(HfMmArguments(stage="instruct"), use_peft=True), LORA), inputs
+    return prepare_model(model, "instruct"), inputs
+
+
+def rank_share(inputs: dict, rank: int) -> dict:
+    """Samples 2 * rank and 2 * rank + 1 of a 4-sample batch, with their images' pixel rows (Qwen2.5-VL flattens
+    patches of every image into one tensor, so a sample's share is pixel_values.shape[0] / 4 rows)."""
+    rows = inputs["pixel_values"].shape[0] // 4
+    mine = {key: value[2 * rank : 2 * rank + 2] for key, value in inputs.items()}
+    mine["pixel_values"] = inputs["pixel_values"][2 * rank * rows : (2 * rank + 2) * rows]
+    return mine
+
+
 def step(model, optimizer, inputs: dict, count: int, scale: float = 1.0) -> float:
     """One SGD step on `inputs`; the loss is summed over tokens and divided by the global `count`."""
     loss = model(**inputs, num_items_in_batch=torch.tensor(count)).loss
@@ -68,6 +116,62 @@ def single_process(steps: int, lora: bool = False) -> tuple[list[float], object]
     count = int((inputs["labels"] != -100).sum())
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
     return [float(step(model, optimizer, inputs, count)) for _ in range(steps)], model
+
+
+def single_process_family(family: str, lora: bool = False) -> tuple[list[float], object]:
+    model, inputs = family_case(family, lora)
+    count = int((inputs["labels"] != -100).sum())
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
+    return [float(step(model, optimizer, inputs, count)) for _ in range(STEPS)], model
+
+
+def shard(model, mixed_precision: bool = False):
+    """The recipe's FSDP2 wrapping: every `_no_split_modules` class is a unit, then the root; SGD on the trainable."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()  # fmt: skip
+    units = set(model._no_split_modules)  # the recipe's TRANSFORMER_BASED_WRAP
+    wrapped = {type(module).__name__ for module in model.modules() if type(module).__name__ in units}
+    for module in model.modules():
+        if type(module).__name__ in units:
+            fully_shard(module, reshard_after_forward=RECIPE["fsdp_reshard_after_forward"], mp_policy=policy)
+    fully_shard(model, reshard_after_forward=RECIPE["fsdp_reshard_after_forward"], mp_policy=policy)
+    return model, torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR), wrapped
+
+
+def tower_of(model) -> torch.nn.Module:
+    """The vision tower, wherever the family keeps it (hf_mm.roles resolves the public names)."""
+    from hf_mm.roles import role_paths, unwrap
+
+    return unwrap(model).get_submodule(role_paths(model)["vision"][0])
+
+
+def family_worker(family: str, out: pathlib.Path) -> dict:
+    """One family on this rank: full-LM and LoRA runs, tower check, consolidation (rank 0 saves it)."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    record = {}
+    for lora in (False, True):
+        model, inputs = family_case(family, lora)
+        count, mine = int((inputs["labels"] != -100).sum()), rank_share(inputs, rank)
+        model, optimizer, wrapped = shard(model)
+        tower = {k: v.full_tensor().clone() for k, v in tower_of(model).state_dict().items()}
+        losses = []
+        for _ in range(STEPS):
+            loss = step(model, optimizer, mine, count, scale=world)
+            dist.all_reduce(loss)
+            losses.append(float(loss))
+        frozen = all(torch.equal(v.full_tensor(), tower[k]) for k, v in tower_of(model).state_dict().items())
+        record["lora" if lora else "full"] = {"losses": losses, "frozen": frozen, "units": sorted(wrapped)}
+        if not lora:
+            full_state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if rank == 0:
+                plain, _ = family_case(family)
+                plain.load_state_dict(full_state)
+                plain.save_pretrained(out / family)
+    return record
 
 
 def worker(out: str) -> None:
@@ -125,13 +229,14 @@ def worker(out: str) -> None:
     base = {k: v.full_tensor().clone() for k, v in lora.state_dict().items() if "base_layer" in k}
     lora_losses = [global_step(lora, lora_optimizer) for _ in range(STEPS)]
     lora_base_frozen = all(torch.equal(v.full_tensor(), base[k]) for k, v in lora.state_dict().items() if k in base)
+    families = {family: family_worker(family, out) for family in OTHER_FAMILIES}
     if rank == 0:
         plain = build()
         plain.load_state_dict(consolidated)
         plain.save_pretrained(out / "consolidated")
         record = {"losses": losses, "after_save": after_save, "after_resume": after_resume, "frozen": frozen,
                   "bf16_losses": bf16_losses, "lora_losses": lora_losses, "lora_base_frozen": lora_base_frozen,
-                  "lora_base_weights": len(base)}  # fmt: skip
+                  "lora_base_weights": len(base), "families": families}  # fmt: skip
         (out / "record.json").write_text(json.dumps(record))
     dist.barrier()
     dist.destroy_process_group()
@@ -180,3 +285,23 @@ def test_fsdp2_trains_the_lm_through_lora_like_one_process(fsdp_run):
     print(f"FSDP2 LoRA losses {record['lora_losses']}, one process {expected}")
     assert max(abs(a - b) for a, b in zip(record["lora_losses"], expected)) < 1e-5
     assert record["lora_base_weights"] > 0 and record["lora_base_frozen"]  # the LM's base weights never move
+
+
+@pytest.mark.parametrize("family", OTHER_FAMILIES)
+def test_fsdp2_trains_every_family_like_one_process_and_consolidates(fsdp_run, family):
+    from transformers import AutoModelForImageTextToText
+
+    folder, record = fsdp_run
+    run = record["families"][family]
+    expected, reference = single_process_family(family)
+    expected_lora, _ = single_process_family(family, lora=True)
+    print(f"{family}: FSDP2 {run['full']['losses']} vs {expected}; LoRA {run['lora']['losses']} vs {expected_lora}")
+    assert max(abs(a - b) for a, b in zip(run["full"]["losses"], expected)) < 1e-5
+    assert max(abs(a - b) for a, b in zip(run["lora"]["losses"], expected_lora)) < 1e-5
+    assert run["full"]["frozen"] and run["lora"]["frozen"]
+    assert UNITS[family] <= set(run["full"]["units"])
+    loaded = AutoModelForImageTextToText.from_pretrained(folder / family).eval()
+    _, inputs = family_case(family)
+    inputs.pop("labels")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, reference.eval()(**inputs).logits, atol=1e-5, rtol=1e-5)
