@@ -21,6 +21,7 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from datasets import IterableDataset, load_dataset
@@ -30,10 +31,15 @@ SUPERVISION_KEYS = ("messages", "prompt", "chosen", "rejected", "text")
 
 
 def write_shards(
-    samples: list[dict], folder: str | os.PathLike, per_shard: int, text_key: str = "messages"
+    samples: list[dict], folder: str | os.PathLike, per_shard: int, keys: str | Sequence[str] = "messages"
 ) -> list[Path]:
     """Write hf_mm samples (one image each, in `images`) as tar shards of `per_shard` samples under `folder`:
-    `{key}.png` plus `{key}.json` holding the sample's `text_key` (messages, a caption ...). Returns the shards."""
+    `{key}.png` plus `{key}.json` holding the sample's `keys` ("messages"; ("prompt", "chosen", "rejected");
+    "text" for a caption). Returns the shards."""
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
+    unknown = [key for key in keys if key not in SUPERVISION_KEYS]
+    if unknown or not keys:
+        raise ValueError(f"keys={keys!r}: each must be one of {SUPERVISION_KEYS}, which stream_shards reads back.")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     shards = []
@@ -47,7 +53,7 @@ def write_shards(
                 image = io.BytesIO()
                 sample["images"][0].save(image, format="PNG")
                 _add(tar, f"{key}.png", image.getvalue())
-                _add(tar, f"{key}.json", json.dumps({text_key: sample[text_key]}).encode())
+                _add(tar, f"{key}.json", json.dumps({field: sample[field] for field in keys}).encode())
         shards.append(path)
     return shards
 

@@ -1,8 +1,9 @@
-"""Streaming WebDataset-style shards (`hf_mm.data.streaming`) through hf_mm's SFT and contrastive trainers:
+"""Streaming WebDataset-style shards (`hf_mm.data.streaming`) through hf_mm's SFT, DPO and contrastive trainers:
 - the shards stream in a fixed order, the samples intact; a shard outside its root is refused;
 - 2 processes (accelerate, gloo) each read their own shards: disjoint samples whose union is every sample;
 - a run killed mid-epoch and resumed with `latest` trains on exactly the samples an uninterrupted run trains on,
-  in the same order: nothing repeated, nothing skipped.
+  in the same order: nothing repeated, nothing skipped;
+- DPO trains on streamed preference pairs as it does in memory: the reward margin rises.
 """
 
 import json
@@ -113,7 +114,7 @@ def test_two_processes_read_disjoint_shards_whose_union_is_everything(tmp_path, 
     data = samples(16)
     if recipe == "contrastive":
         data = [{"images": sample["images"], "text": sample["answer"]} for sample in data]
-    write_shards(data, tmp_path / "shards", per_shard=4, text_key="messages" if recipe == "sft" else "text")
+    write_shards(data, tmp_path / "shards", per_shard=4, keys="messages" if recipe == "sft" else "text")
     record = tmp_path / "record.jsonl"  # 4 shards: 2 per rank, 8 samples = 4 steps of 2 each
     run = "train" if recipe == "sft" else "train_contrastive"
     code = (f"from tests.data.test_streaming import {run}; {run}({str(tmp_path / 'shards')!r}, "
@@ -148,3 +149,24 @@ def test_a_kill_mid_epoch_then_resume_repeats_and_skips_nothing(tmp_path):
     after = [row["keys"] for row in resumed[3:]]
     assert after == [row["keys"] for row in read(straight)[2:]]  # the same samples, in the same order
     assert sorted(k for keys in after for k in keys) == list(range(4, 12))
+
+
+def test_dpo_trains_on_streamed_preference_pairs(tmp_path):
+    from hf_mm.training.dpo import HfMmDPOTrainer
+    from tests.training.helpers import dpo_args, preference_dataset
+
+    pairs = list(preference_dataset(8))
+    with pytest.raises(ValueError, match="keys=\\('answer',\\)"):
+        write_shards(pairs, tmp_path / "bad", per_shard=4, keys="answer")
+    write_shards(pairs, tmp_path / "shards", per_shard=4, keys=("prompt", "chosen", "rejected"))
+    streamed = stream_shards(tmp_path / "shards")
+    first = next(iter(streamed))
+    assert first["chosen"] == pairs[0]["chosen"] and first["rejected"] == pairs[0]["rejected"]
+    torch.manual_seed(0)
+    model = prepare_model(HfMmLlavaForConditionalGeneration(CONFIG), "instruct")
+    trainer = HfMmDPOTrainer(model=model, args=dpo_args(tmp_path, max_steps=24), processing_class=tiny_llava_processor(CONFIG),
+                             train_dataset=streamed, stage="instruct")  # fmt: skip
+    trainer.train()
+    margins = [log["rewards/margins"] for log in trainer.state.log_history if "rewards/margins" in log]
+    assert len(margins) == 24  # the 8 pairs stream again each epoch (2 steps of 4)
+    assert abs(margins[0]) < 1e-3 and sum(margins[-4:]) / 4 > 0.3, margins  # as in memory (tests/training/test_dpo.py)
