@@ -85,3 +85,17 @@ def test_text_pretraining_puts_a_description_where_the_image_will_be():
     chats = text_chats(["digits", "ocr"], n=4, seed=0)
     assert len(chats) == 8 and all(isinstance(chat[0]["content"], str) for chat in chats)
     assert any(chat[0]["content"].startswith("the text ") for chat in chats)
+
+
+def test_qformer_stage1_row_is_reported_separately(tmp_path):
+    out = tmp_path / "compare"
+    result = main(["--quick", "--steps", "2", "--train-samples", "16", "--eval-samples", "4", "--seeds", "0",
+                   "--families", "blip2", "--qformer-stage1-steps", "3", "--output-dir", str(out)])  # fmt: skip
+    rows = {row["bridge"]: row for row in result["rows"]}
+    assert list(rows) == ["qformer", "qformer_stage1"]
+    assert rows["qformer_stage1"]["stage1_steps"] == 3 and rows["qformer_stage1"]["stage1_seconds"] > 0
+    assert rows["qformer"]["stage1_steps"] == 0 and rows["qformer"]["stage1_seconds"] == 0
+    assert not rows["qformer_stage1"]["lm_trained"]  # stage 2 keeps the LM frozen, as without stage 1
+    assert "| `qformer_stage1` (+3 stage-1 steps) | digits |" in (out / "table.md").read_text()
+    with pytest.raises(SystemExit):
+        main(["--quick", "--qformer-stage1-steps", "-1", "--output-dir", str(out)])

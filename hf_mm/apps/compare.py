@@ -10,6 +10,9 @@ alone (stage 1, `align`) and then the bridge and the LM (stage 2, `instruct`); B
 their bridge into a frozen LM throughout. The tower is frozen everywhere. Bridges:
 - prefix bridges in `hf_mm_llava`: `linear`, `mlp2x_gelu`, `pixel_shuffle`, `perceiver`, `qwen_adapter`;
 - `qformer`: BLIP-2's Q-Former as its stage-2 prefix bridge (no stage-1 pretraining: the same budget as the others);
+- `qformer_stage1`: the same after BLIP-2's stage 1 (ITC + ITM + ITG on the task's images and their descriptions,
+  `--qformer-stage1-steps`, tower frozen), reported separately: its stage-1 steps and seconds are extra, in
+  `stage1_steps` / `stage1_seconds`;
 - `gated_cross_attn`: Flamingo's resampler + gated cross-attention blocks (its tokens are read by cross-attention,
   not placed in the sequence).
 The Qwen2.5-VL merger needs its own native-resolution ViT as the tower, so it is not in a shared-tower comparison.
@@ -51,12 +54,13 @@ from ..modeling.bridges import BRIDGES
 # The families whose bridge sits between any tower and any LM (Qwen2.5-VL's merger needs its own ViT), and the
 # name each family's bridge has in the table; `llava`'s bridge is chosen with --bridges (hf_mm.BRIDGES).
 FAMILY_BRIDGES = {"llava": None, "blip2": "qformer", "flamingo": "gated_cross_attn"}
+QFORMER_STAGE1 = "qformer_stage1"  # BLIP-2's Q-Former after its own stage 1, then stage 2 like `qformer`
 TASKS = ("shapes_vqa", "grounding", "ocr", "digits")
 FULL_TASKS, QUICK_TASKS = ("digits", "shapes_vqa"), ("digits",)
 # How each family's paper trains its bridge: (stage, share of the steps). The LM is frozen in `align`.
 SCHEDULES = {
     "llava": (("align", 0.25), ("instruct", 0.75)),  # LLaVA: projector pre-training, then instruction tuning
-    "blip2": (("align", 1.0),),  # BLIP-2 stage 2: Q-Former and projection into a frozen LM
+    "blip2": (("align", 1.0),),  # BLIP-2 stage 2: Q-Former and projection into a frozen LM (after stage 1, or not)
     "flamingo": (("align", 1.0),),  # Flamingo: resampler and gated cross-attention; the LM stays frozen
 }
 # Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom; the normal 1.96 beyond.
@@ -76,12 +80,14 @@ class Budget:
     curve_points: int = 4
     text_pretrain_steps: int = 300
     tower_digit_steps: int = 300
+    qformer_stage1_steps: int = 200  # 0: no `qformer_stage1` row
 
 
 BUDGETS = {
     "full": Budget(steps=200, train_samples=2000, eval_samples=100),
-    "quick": Budget(steps=24, train_samples=200, eval_samples=32, curve_points=2, text_pretrain_steps=60),
-}
+    "quick": Budget(steps=24, train_samples=200, eval_samples=32, curve_points=2, text_pretrain_steps=60,
+                    qformer_stage1_steps=24),
+}  # fmt: skip
 
 
 def ci95(values: list[float]) -> float:
@@ -95,10 +101,12 @@ def ci95(values: list[float]) -> float:
 # ---------------------------------------------------------------- one run
 
 
-def arms(families: list[str], bridges: list[str]) -> list[tuple[str, str]]:
-    """(family, bridge) pairs to run: every LLaVA prefix bridge asked for, then each other family's own bridge."""
+def arms(families: list[str], bridges: list[str], qformer_stage1: bool = False) -> list[tuple[str, str]]:
+    """(family, bridge) pairs to run: every LLaVA prefix bridge asked for, then each other family's own bridge, and
+    BLIP-2's Q-Former after its stage 1 when `qformer_stage1`."""
     pairs = [("llava", bridge) for bridge in bridges] if "llava" in families else []
-    return pairs + [(family, FAMILY_BRIDGES[family]) for family in families if family != "llava"]
+    pairs += [(family, FAMILY_BRIDGES[family]) for family in families if family != "llava"]
+    return pairs + ([("blip2", QFORMER_STAGE1)] if qformer_stage1 and "blip2" in families else [])
 
 
 def compose(family: str, bridge: str, vision: str, text: str, hidden: int):
@@ -119,6 +127,49 @@ def compose(family: str, bridge: str, vision: str, text: str, hidden: int):
     settings = dict(bridge_type=bridge, vision_feature_layer=-1, perceiver_num_latents=16, perceiver_depth=2,
                     perceiver_heads=4, perceiver_head_dim=hidden // 4, adapter_num_queries=16, adapter_heads=4)  # fmt: skip
     return generation.from_vision_text_pretrained(vision, text, **settings), processor.from_vision_text_pretrained(vision, text, **settings)  # fmt: skip
+
+
+def qformer_stage1(vision: str, text: str, samples: list[dict], budget: Budget, seed: int, folder: Path) -> float:
+    """BLIP-2 stage 1 into `folder`: a new Q-Former (the `qformer` arm's size) on the frozen tower learns ITC, ITM
+    and ITG on the task's train images and their descriptions (`describe`); rows showing the same thing (a
+    digit's class, or the same description) are positives, never hard negatives. Returns the training seconds."""
+    import random
+
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainingArguments
+
+    from ..modeling.blip2 import HfMmBlip2ForImageTextRetrieval
+    from ..processing import HfMmBlip2Processor
+    from ..training.contrastive import HfMmContrastiveTrainer
+    from ..training.qformer import QFormerCollator
+    from ..training.setup import prepare_model
+
+    hidden, tokenizer = _tower_width(vision), AutoTokenizer.from_pretrained(text)
+    config = Blip2QFormerConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=2,
+                                num_attention_heads=4, encoder_hidden_size=hidden, vocab_size=len(tokenizer))  # fmt: skip
+    model = HfMmBlip2ForImageTextRetrieval.from_vision_pretrained(vision, qformer_config=config, num_query_tokens=16)
+    processor = HfMmBlip2Processor.from_vision_pretrained(vision, tokenizer, qformer_config=model.config.qformer_config,
+                                                          num_query_tokens=16)  # fmt: skip
+    rng = random.Random(seed)
+    captions = [describe(sample, rng) for sample in samples]
+    keys = [sample["meta"].get("label", text) for sample, text in zip(samples, captions)]
+    ids = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    rows = [{"image": s["images"][0], "text": c, "label": ids[k]} for s, c, k in zip(samples, captions, keys)]
+    args = TrainingArguments(
+        output_dir=str(folder / "run"), max_steps=budget.qformer_stage1_steps, seed=seed,
+        per_device_train_batch_size=budget.batch_size, learning_rate=budget.learning_rate,
+        lr_scheduler_type="cosine", warmup_steps=0.05, save_strategy="no", report_to="none", disable_tqdm=True,
+        logging_steps=10**6, use_cpu=not torch.cuda.is_available(),
+    )  # fmt: skip
+    trainer = HfMmContrastiveTrainer(model=prepare_model(model, "align"), args=args, processing_class=processor,
+                                     train_dataset=Dataset.from_list(rows), stage="align",
+                                     data_collator=QFormerCollator(processor))  # fmt: skip
+    start = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - start
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return seconds
 
 
 def visual_tokens(model, processor, image_size: int) -> int:
@@ -187,11 +238,22 @@ def run_one(
 
     torch.manual_seed(seed)
     family, bridge = arm
-    model, processor = compose(family, bridge, *towers, _tower_width(towers[0]))
+    generate = synthetic.TASKS[task]
+    train_samples = generate(budget.train_samples, seed=seed, image_size=budget.image_size)
+    stage1_seconds = 0.0
+    if bridge == QFORMER_STAGE1:
+        from ..families import get_family
+
+        folder = workdir / f"{bridge}-{task}-{seed}-stage1"
+        stage1_seconds = qformer_stage1(*towers, train_samples, budget, seed, folder)
+        entry = get_family("blip2")
+        model = entry.generation_class.from_stage1(str(folder), towers[1])
+        processor = entry.processor_class.from_stage1(str(folder), towers[1])
+    else:
+        model, processor = compose(family, bridge, *towers, _tower_width(towers[0]))
     processor.tokenizer.padding_side = "right"
     lm_before = [p.detach().clone() for _, p in role_parameters(model)["llm"]]
-    generate = synthetic.TASKS[task]
-    train = synthetic.to_dataset(generate(budget.train_samples, seed=seed, image_size=budget.image_size))
+    train = synthetic.to_dataset(train_samples)
     held_out = generate(budget.eval_samples, seed=seed, image_size=budget.image_size, split="test")
 
     def score(samples=held_out) -> float:
@@ -225,6 +287,7 @@ def run_one(
         "visual_tokens_per_image": visual_tokens(model, processor, budget.image_size),
         "step_seconds": seconds / budget.steps, "train_memory_mb": memory / 2**20, "curve": curve,
         "dropped_overlong": trainer.collator.dropped,
+        "stage1_steps": budget.qformer_stage1_steps if bridge == QFORMER_STAGE1 else 0, "stage1_seconds": stage1_seconds,
     }  # fmt: skip
 
 
@@ -358,6 +421,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
                 "visual_tokens_per_image": group[0]["visual_tokens_per_image"],
                 "step_seconds": statistics.median(run["step_seconds"] for run in group),
                 "train_memory_mb": max(run["train_memory_mb"] for run in group), "curve": curve,
+                "stage1_steps": group[0]["stage1_steps"],
+                "stage1_seconds": statistics.mean(run["stage1_seconds"] for run in group),
             })  # fmt: skip
     return rows
 
@@ -383,8 +448,9 @@ def table(rows: list[dict]) -> str:
     lines = ["| bridge | task | score ± 95% CI | images shuffled | LM | trainable params | visual tokens / image "
              "| step s | train memory MB |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in rows:
+        extra = f" (+{row['stage1_steps']} stage-1 steps)" if row["stage1_steps"] else ""
         lines.append(
-            f"| `{row['bridge']}` | {row['task']} | {row['score']:.3f} ± {row['score_ci95']:.3f} "
+            f"| `{row['bridge']}`{extra} | {row['task']} | {row['score']:.3f} ± {row['score_ci95']:.3f} "
             f"| {row['score_shuffled_images']:.3f} | {'trained' if row['lm_trained'] else 'frozen'} "
             f"| {row['trainable_params']:,} | {row['visual_tokens_per_image']} | {row['step_seconds']:.3f} "
             f"| {row['train_memory_mb']:.1f} |"
@@ -457,13 +523,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--train-samples", type=int, default=None)
     parser.add_argument("--eval-samples", type=int, default=None)
+    parser.add_argument("--qformer-stage1-steps", type=int, default=None,
+                        help="BLIP-2 stage-1 steps of the qformer_stage1 row (0: no such row)")  # fmt: skip
     parser.add_argument("--output-dir", default="outputs/compare")
     args = parser.parse_args(argv)
     if (args.vision is None) != (args.text is None):
         parser.error("give both --vision and --text, or neither")
-    overrides = {"steps": args.steps, "train_samples": args.train_samples, "eval_samples": args.eval_samples}
+    for name in ("steps", "train_samples", "eval_samples", "qformer_stage1_steps"):
+        value, least = getattr(args, name), 0 if name == "qformer_stage1_steps" else 1
+        if value is not None and value < least:
+            parser.error(f"--{name.replace('_', '-')}={value}: give at least {least}")
+    overrides = {"steps": args.steps, "train_samples": args.train_samples, "eval_samples": args.eval_samples,
+                 "qformer_stage1_steps": args.qformer_stage1_steps}  # fmt: skip
     budget = dataclasses.replace(
-        BUDGETS["quick" if args.quick else "full"], **{k: v for k, v in overrides.items() if v}
+        BUDGETS["quick" if args.quick else "full"], **{k: v for k, v in overrides.items() if v is not None}
     )
     tasks = args.tasks or list(QUICK_TASKS if args.quick else FULL_TASKS)
     out = Path(args.output_dir)
@@ -473,7 +546,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.vision is None:
             towers = default_towers(Path(workdir), not args.quick, tasks, budget)
         jobs = [
-            (arm, task, seed) for task in tasks for arm in arms(args.families, args.bridges) for seed in args.seeds
+            (arm, task, seed)
+            for task in tasks
+            for arm in arms(args.families, args.bridges, budget.qformer_stage1_steps > 0)
+            for seed in args.seeds
         ]
         runs = [run_one(*job, towers, budget, Path(workdir)) for job in tqdm(jobs, desc="bridges x tasks x seeds")]
     rows = aggregate(runs)
