@@ -86,7 +86,7 @@ class Budget:
 BUDGETS = {
     "full": Budget(steps=200, train_samples=2000, eval_samples=100),
     "quick": Budget(steps=24, train_samples=200, eval_samples=32, curve_points=2, text_pretrain_steps=60,
-                    qformer_stage1_steps=24),
+                    qformer_stage1_steps=12),
 }  # fmt: skip
 
 
