@@ -80,13 +80,13 @@ class Budget:
     curve_points: int = 4
     text_pretrain_steps: int = 300
     tower_digit_steps: int = 300
-    qformer_stage1_steps: int = 200  # 0: no `qformer_stage1` row
+    qformer_stage1_steps: int = 200  # 0: no `qformer_stage1` row (--quick: only with --qformer-stage1-steps)
 
 
 BUDGETS = {
     "full": Budget(steps=200, train_samples=2000, eval_samples=100),
     "quick": Budget(steps=24, train_samples=200, eval_samples=32, curve_points=2, text_pretrain_steps=60,
-                    qformer_stage1_steps=12),
+                    qformer_stage1_steps=0),
 }  # fmt: skip
 
 
