@@ -152,7 +152,7 @@ def qformer_stage1(vision: str, text: str, samples: list[dict], budget: Budget, 
                                                           num_query_tokens=16)  # fmt: skip
     rng = random.Random(seed)
     captions = [describe(sample, rng) for sample in samples]
-    keys = [sample["meta"].get("label", text) for sample, text in zip(samples, captions)]
+    keys = [sample["meta"].get("label", caption) for sample, caption in zip(samples, captions)]
     ids = {key: i for i, key in enumerate(dict.fromkeys(keys))}
     rows = [{"image": s["images"][0], "text": c, "label": ids[k]} for s, c, k in zip(samples, captions, keys)]
     args = TrainingArguments(
