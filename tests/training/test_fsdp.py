@@ -110,19 +110,29 @@ def step(model, optimizer, inputs: dict, count: int, scale: float = 1.0) -> floa
     return loss.detach()
 
 
-def single_process(steps: int, lora: bool = False) -> tuple[list[float], object]:
-    model = build(lora)
-    inputs = batch()
+def train_alone(model, inputs: dict, steps: int) -> tuple[list[float], object]:
+    """`steps` SGD steps in one process on the whole batch: the reference every sharded run must equal."""
     count = int((inputs["labels"] != -100).sum())
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
     return [float(step(model, optimizer, inputs, count)) for _ in range(steps)], model
 
 
+def single_process(steps: int, lora: bool = False) -> tuple[list[float], object]:
+    return train_alone(build(lora), batch(), steps)
+
+
 def single_process_family(family: str, lora: bool = False) -> tuple[list[float], object]:
-    model, inputs = family_case(family, lora)
-    count = int((inputs["labels"] != -100).sum())
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
-    return [float(step(model, optimizer, inputs, count)) for _ in range(STEPS)], model
+    return train_alone(*family_case(family, lora), STEPS)
+
+
+def global_step(model, optimizer, mine: dict, count: int) -> float:
+    """One step of a sharded run on this rank's share; returns the global batch's loss."""
+    import torch.distributed as dist
+
+    # FSDP averages gradients over ranks: scale by the world size so they sum, as the full batch's do.
+    loss = step(model, optimizer, mine, count, scale=dist.get_world_size())
+    dist.all_reduce(loss)  # each rank's loss is its share of the global sum / count
+    return float(loss)
 
 
 def shard(model, mixed_precision: bool = False):
@@ -151,18 +161,13 @@ def family_worker(family: str, out: pathlib.Path) -> dict:
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    rank, world = dist.get_rank(), dist.get_world_size()
-    record = {}
+    rank, record = dist.get_rank(), {}
     for lora in (False, True):
         model, inputs = family_case(family, lora)
         count, mine = int((inputs["labels"] != -100).sum()), rank_share(inputs, rank)
         model, optimizer, wrapped = shard(model)
         tower = {k: v.full_tensor().clone() for k, v in tower_of(model).state_dict().items()}
-        losses = []
-        for _ in range(STEPS):
-            loss = step(model, optimizer, mine, count, scale=world)
-            dist.all_reduce(loss)
-            losses.append(float(loss))
+        losses = [global_step(model, optimizer, mine, count) for _ in range(STEPS)]
         frozen = all(torch.equal(v.full_tensor(), tower[k]) for k, v in tower_of(model).state_dict().items())
         record["lora" if lora else "full"] = {"losses": losses, "frozen": frozen, "units": sorted(wrapped)}
         if not lora:
@@ -179,55 +184,42 @@ def worker(out: str) -> None:
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
+    rank = dist.get_rank()
     out = pathlib.Path(out)
 
     def sharded(mixed_precision: bool = False, lora: bool = False):
-        model = build(lora)
-        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else MixedPrecisionPolicy()  # fmt: skip
-        units = set(model._no_split_modules)  # the recipe's TRANSFORMER_BASED_WRAP
-        for module in model.modules():
-            if type(module).__name__ in units:
-                fully_shard(module, reshard_after_forward=RECIPE["fsdp_reshard_after_forward"], mp_policy=policy)
-        fully_shard(model, reshard_after_forward=RECIPE["fsdp_reshard_after_forward"], mp_policy=policy)
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR)
-        return model, optimizer
+        return shard(build(lora), mixed_precision)[:2]
 
     full = batch()
-    count = int((full["labels"] != -100).sum())
-    mine = {key: value[2 * rank : 2 * rank + 2] for key, value in full.items()}  # 2 samples per rank
+    count, mine = int((full["labels"] != -100).sum()), rank_share(full, rank)  # 2 samples per rank
 
-    def global_step(model, optimizer) -> float:
-        # FSDP averages gradients over ranks: scale by the world size so they sum, as the full batch's do.
-        loss = step(model, optimizer, mine, count, scale=world)
-        dist.all_reduce(loss)  # each rank's loss is its share of the global sum / count
-        return float(loss)
+    def train_step(model, optimizer) -> float:
+        return global_step(model, optimizer, mine, count)
 
     model, optimizer = sharded()
-    tower = {k: v.full_tensor().clone() for k, v in model.model.vision_tower.state_dict().items()}
-    losses = [global_step(model, optimizer) for _ in range(STEPS)]
-    frozen = all(torch.equal(v.full_tensor(), tower[k]) for k, v in model.model.vision_tower.state_dict().items())
+    tower = {k: v.full_tensor().clone() for k, v in tower_of(model).state_dict().items()}
+    losses = [train_step(model, optimizer) for _ in range(STEPS)]
+    frozen = all(torch.equal(v.full_tensor(), tower[k]) for k, v in tower_of(model).state_dict().items())
     dcp.save(get_model_state_dict(model), checkpoint_id=str(out / "sharded"))  # SHARDED_STATE_DICT
-    after_save = global_step(model, optimizer)
+    after_save = train_step(model, optimizer)
 
     resumed, resumed_optimizer = sharded()
     state = get_model_state_dict(resumed)
     dcp.load(state, checkpoint_id=str(out / "sharded"))
     set_model_state_dict(resumed, state)
-    after_resume = global_step(resumed, resumed_optimizer)
+    after_resume = train_step(resumed, resumed_optimizer)
 
     # Consolidate the checkpoint as saved (after STEPS steps) into a plain safetensors folder.
     dcp.load(state, checkpoint_id=str(out / "sharded"))
     set_model_state_dict(resumed, state)
     consolidated = get_model_state_dict(resumed, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     bf16, bf16_optimizer = sharded(mixed_precision=True)
-    bf16_losses = [global_step(bf16, bf16_optimizer) for _ in range(STEPS)]
+    bf16_losses = [train_step(bf16, bf16_optimizer) for _ in range(STEPS)]
     lora, lora_optimizer = sharded(lora=True)
     base = {k: v.full_tensor().clone() for k, v in lora.state_dict().items() if "base_layer" in k}
-    lora_losses = [global_step(lora, lora_optimizer) for _ in range(STEPS)]
+    lora_losses = [train_step(lora, lora_optimizer) for _ in range(STEPS)]
     lora_base_frozen = all(torch.equal(v.full_tensor(), base[k]) for k, v in lora.state_dict().items() if k in base)
     families = {family: family_worker(family, out) for family in OTHER_FAMILIES}
     if rank == 0:

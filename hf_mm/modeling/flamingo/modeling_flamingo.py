@@ -72,8 +72,9 @@ def find_decoder_layers(language_model: nn.Module) -> nn.ModuleList:
 class GatedCrossAttentionBlock(nn.Module):
     """Flamingo's gated xattn-dense block: y = x + tanh(a) * xattn(x, media); y + tanh(b) * ffw(y).
 
-    The gates `attn_gate` / `ff_gate` (one value each) start at 0, so a fresh block is the identity. `media` and `text_time`
-    are set by the model before each LM forward (the decoder layers' own signatures have no room for them).
+    The gates `attn_gate` / `ff_gate` (one value each) start at 0, so a fresh block is the identity. `media` and
+    `text_time` are set by the model before each LM forward (the decoder layers' own signatures have no room for
+    them).
     """
 
     def __init__(self, dim: int, media_dim: int, heads: int, head_dim: int, ff_mult: int):
