@@ -14,7 +14,7 @@ import dataclasses
 from pathlib import Path
 
 from datasets import Dataset, load_dataset, load_from_disk
-from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments
+from transformers import AutoModel, AutoProcessor, Trainer, TrainingArguments, set_seed
 from trl import ModelConfig, TrlParser
 
 from ..data.captions import digit_pairs
@@ -114,6 +114,7 @@ def load_dataset_for(args: ContrastiveArguments):
 def main(argv: list[str] | None = None) -> None:
     parser = TrlParser((ContrastiveArguments, TrainingArguments, ModelConfig))
     args, training_args, model_args = parser.parse_args_and_config(argv)
+    set_seed(training_args.seed)  # new weights (a bridge, LoRA) are drawn after it: one seed, one run
     plan = hub_plan(training_args)
 
     # Model

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 
 import torch
+from transformers import set_seed
 from trl import DPOConfig, DPOTrainer, ModelConfig, TrlParser
 from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
@@ -107,6 +108,7 @@ class HfMmDPOTrainer(DroppedCountLogMixin, TrainingGuardsMixin, RoleOptimizerMix
 def main(argv: list[str] | None = None) -> None:
     parser = TrlParser((HfMmArguments, DataArguments, DPOConfig, ModelConfig))
     hf_args, data_args, training_args, model_args = parser.parse_args_and_config(argv)
+    set_seed(training_args.seed)  # new weights (a bridge, LoRA) are drawn after it: one seed, one run
     data_args.preference = True
     plan = hub_plan(training_args)
 

@@ -14,6 +14,7 @@ multimodal path needs nothing more. The gate that reads built-in `model_type`s i
 """
 
 from datasets import Dataset
+from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer, ModelConfig, TrlParser
 
 from ..eval.scorers import BOX_TASKS, exact_match, grounding_iou
@@ -75,6 +76,7 @@ class HfMmGRPOTrainer(TrainingGuardsMixin, RoleOptimizerMixin, GRPOTrainer):
 def main(argv: list[str] | None = None) -> None:
     parser = TrlParser((HfMmArguments, DataArguments, GRPOConfig, ModelConfig))
     hf_args, data_args, training_args, model_args = parser.parse_args_and_config(argv)
+    set_seed(training_args.seed)  # new weights (a bridge, LoRA) are drawn after it: one seed, one run
     plan = hub_plan(training_args)
 
     model, processor = load_model_and_processor(hf_args, model_args)

@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from transformers.trainer_utils import rotate_checkpoints
 
+from .fsdp import gather_output_embeddings
+
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".hf_mm.lock"
@@ -177,6 +179,8 @@ class TrainingGuardsMixin:
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)  # fmt: skip
 
     def compute_loss(self, model, inputs, *args, **kwargs):
+        if self.is_fsdp_enabled:
+            gather_output_embeddings(model)  # chunked losses read lm_head.weight directly: see training/fsdp.py
         result = super().compute_loss(model, inputs, *args, **kwargs)
         self.check_finite_loss(result[0] if isinstance(result, tuple) else result)
         return result

@@ -15,7 +15,7 @@ sharing a label are positives of each other (same image, or same class), never h
 import dataclasses
 
 import torch
-from transformers import AutoConfig, TrainingArguments
+from transformers import AutoConfig, TrainingArguments, set_seed
 from trl import ModelConfig, TrlParser
 
 from ..data.captions import digit_pairs
@@ -145,6 +145,7 @@ def load_model_and_processor(args: QFormerArguments, model_args: ModelConfig):
 def main(argv: list[str] | None = None) -> None:
     parser = TrlParser((QFormerArguments, TrainingArguments, ModelConfig))
     args, training_args, model_args = parser.parse_args_and_config(argv)
+    set_seed(training_args.seed)  # new weights (a bridge, LoRA) are drawn after it: one seed, one run
 
     # Model
     model, processor = load_model_and_processor(args, model_args)

@@ -9,6 +9,7 @@ and counted, never truncated through an image), padding-free packing for VLMs (`
 `VisionPackingCollator`), optimizer groups per role, and stage / LoRA set-up from the roles.
 """
 
+from transformers import set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
 from .collators import DroppedCountLogMixin, VisionSFTCollator
@@ -70,6 +71,7 @@ class HfMmSFTTrainer(DroppedCountLogMixin, TrainingGuardsMixin, RoleOptimizerMix
 def main(argv: list[str] | None = None) -> None:
     parser = TrlParser((HfMmArguments, DataArguments, SFTConfig, ModelConfig))
     hf_args, data_args, training_args, model_args = parser.parse_args_and_config(argv)
+    set_seed(training_args.seed)  # new weights (a bridge, LoRA) are drawn after it: one seed, one run
     plan = hub_plan(training_args)
 
     # Model
@@ -122,6 +124,10 @@ def train_and_save(trainer, recipe: str, processor, hf_args, model_args, data_ar
 
 def save_and_report(trainer, processor, training_args, adapter: bool, record: dict, plan=None) -> None:
     """Save the model (or adapter) with its processor, record and card, push if asked, and say how to load it."""
+    if trainer.is_fsdp_enabled:
+        # FSDP's SHARDED_STATE_DICT (the recipe's) is for resuming: with it, Trainer.save_model writes no weights and
+        # no config. The final model is gathered whole, as safetensors that from_pretrained and vLLM load.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(training_args.output_dir)
     finish(trainer, processor, record, plan)
     steps, rank, world = trainer.state.global_step, training_args.process_index, training_args.world_size

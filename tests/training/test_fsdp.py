@@ -1,10 +1,10 @@
-"""FSDP2 on 2 CPU processes (gloo), with the wrap units and settings of `recipes/accelerate/fsdp.yaml`.
-
-accelerate does not run FSDP on CPU: with `--use_cpu` it falls back to DDP, and without it the processes do not
-form a group. So this drives PyTorch's FSDP2 (`fully_shard`) directly, as accelerate would configure it from the
-recipe: every module class in the model's `_no_split_modules` is a unit (TRANSFORMER_BASED_WRAP), the recipe's
-`fsdp_reshard_after_forward`, and a sharded state dict saved with `torch.distributed.checkpoint`
-(SHARDED_STATE_DICT). The model is a composed LLaVA: frozen tower, trained bridge, and the LM trained fully (and, in
+"""FSDP2 on 2 CPU processes (gloo), with the wrap units and settings of `recipes/accelerate/fsdp.yaml`, for every
+generative family. `test_accelerate_fsdp.py` runs the same recipe through `accelerate launch` and the Trainer (LLaVA);
+this module drives PyTorch's FSDP2 (`fully_shard`) directly, as accelerate would configure it from the recipe, so that
+each family's wrap units, bf16 mixed precision and a plain training loop are checked without the Trainer: every
+module class in the model's `_no_split_modules` is a unit (TRANSFORMER_BASED_WRAP), the recipe's
+`fsdp_reshard_after_forward`, and a sharded state dict saved with `torch.distributed.checkpoint` (SHARDED_STATE_DICT).
+The model is a composed LLaVA: frozen tower, trained bridge, and the LM trained fully (and, in
 a second run, through LoRA: the loss again equals one process, and the LM's base weights do not move).
 
 Shown: the per-step loss on 2 ranks (2 samples each) equals the single-process run on the same 4-sample batch to
