@@ -15,10 +15,10 @@ def _seed():
 
 @pytest.fixture(scope="session")
 def quick_demo_model(tmp_path_factory):
-    """The quick demo's model, trained once per session (a pretrained tower and LM, aligned then instructed on
-    shapes VQA) and saved: the briefly SFT-ed starting point of the evaluation and RL tests."""
+    """The demo's `warm-start` model, trained once per session (a random tower and a new LM, aligned then instructed
+    briefly on shapes VQA) and saved: the starting point of the evaluation and RL tests."""
     from hf_mm.apps import demo
 
     folder = tmp_path_factory.mktemp("quick-demo") / "model"
-    demo.main(["--quick", "--output-dir", str(folder)])
+    demo.main(["--preset", "warm-start", "--output-dir", str(folder)])
     return folder
