@@ -7,7 +7,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
