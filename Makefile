@@ -37,7 +37,7 @@ lint: install
 	$(PY) -m ruff format --check hf_mm tests benchmarks
 
 test: lint
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 # The property-based fuzzers at full strength (CI runs 25 examples per target inside `make test`).
 fuzz: install

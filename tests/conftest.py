@@ -7,9 +7,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)  # `make test` runs 2 workers on 2 cores: one thread each, not two
-
 
 @pytest.fixture(autouse=True)
 def _seed():

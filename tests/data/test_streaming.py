@@ -25,7 +25,6 @@ from hf_mm.testing import tiny_llava_processor
 from hf_mm.training.contrastive import HfMmContrastiveTrainer
 from hf_mm.training.setup import prepare_model
 from hf_mm.training.sft import HfMmSFTTrainer
-from tests.ports import free_port
 from tests.training.helpers import CONFIG, sft_args
 
 ROOT = pathlib.Path(__file__).parents[2]
@@ -123,8 +122,7 @@ def test_two_processes_read_disjoint_shards_whose_union_is_everything(tmp_path, 
     script = tmp_path / "run.py"
     script.write_text(f"import sys; sys.path.insert(0, {str(ROOT)!r})\n{code}\n")
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(free_port()), str(script)]  # fmt: skip
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

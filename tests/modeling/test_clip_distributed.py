@@ -2,6 +2,7 @@
 the single-process loss and gradients on the concatenated batch."""
 
 import os
+import socket
 
 import pytest
 import torch
@@ -11,7 +12,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from hf_mm.modeling.clip import infonce_loss, sigmoid_loss
-from tests.ports import free_port
 
 WORLD, PER_RANK, DIM = 2, 3, 8
 
@@ -60,6 +60,12 @@ def worker(rank, kind, port, out_dir):
         save_file(result, os.path.join(out_dir, f"rank{rank}.safetensors"))
     finally:
         dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("kind", ["infonce", "sigmoid"])

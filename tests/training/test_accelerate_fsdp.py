@@ -28,7 +28,6 @@ from transformers import AutoModelForImageTextToText
 from hf_mm import HfMmLlavaForConditionalGeneration
 from hf_mm.cli import main
 from hf_mm.testing import tiny_llava_config, tiny_llava_processor
-from tests.ports import free_port
 
 ROOT = pathlib.Path(__file__).parents[2]
 STEPS = 4
@@ -49,7 +48,7 @@ def sft_args(model: pathlib.Path, out: pathlib.Path, per_device: int, *extra: st
 def launch(args: list[str]) -> None:
     """`accelerate launch` with the recipe's FSDP config on 2 CPU processes."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/fsdp.yaml"]
-    command += ["--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(free_port())]
+    command += ["--num_processes", "2", "--mixed_precision", "no"]
     command += ["tests/training/fsdp_cpu_launch.py", "-m", "hf_mm.training.sft", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)

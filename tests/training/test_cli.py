@@ -19,7 +19,6 @@ from hf_mm.training.data_args import DataArguments
 from hf_mm.training.qformer import QFormerArguments
 from hf_mm.training.setup import HfMmArguments
 from hf_mm.training.stages import STAGES
-from tests.ports import free_port
 from tests.training.helpers import CPU, TINY_DATA
 
 RECIPES = sorted(pathlib.Path(__file__).parents[2].joinpath("recipes").glob("*.yaml"))
@@ -102,7 +101,6 @@ def test_sft_on_two_cpu_processes_with_accelerate(towers, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     command += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += ["--main_process_port", str(free_port())]
     command += ["-m", "hf_mm.training.sft", *CPU, *TINY_DATA, "--use_cpu", "true", "--output_dir", str(out)]
     command += ["--vision_model_name_or_path", towers[0], "--text_model_name_or_path", towers[1], "--stage", "align"]
     command += ["--gradient_checkpointing", "false"]

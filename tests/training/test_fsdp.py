@@ -28,8 +28,6 @@ import pytest
 import torch
 import yaml
 
-from tests.ports import free_port
-
 ROOT = pathlib.Path(__file__).parents[2]
 RECIPE = yaml.safe_load((ROOT / "recipes/accelerate/fsdp.yaml").read_text())["fsdp_config"]
 STEPS, LR = 3, 0.05
@@ -243,8 +241,7 @@ def fsdp_run(tmp_path_factory) -> tuple[pathlib.Path, dict]:
     script = folder / "worker.py"
     script.write_text(f"import sys; sys.path.insert(0, {str(ROOT)!r})\nfrom tests.training.test_fsdp import worker\n"
                       f"worker({str(folder)!r})\n")  # fmt: skip
-    port = ["--master_port", str(free_port())]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *port, str(script)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

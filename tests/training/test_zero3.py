@@ -19,7 +19,6 @@ import pytest
 import torch
 import yaml
 
-from tests.ports import free_port
 from tests.training.test_fsdp import LR, STEPS, batch, build, single_process
 
 pytest.importorskip("deepspeed")
@@ -77,8 +76,7 @@ def test_zero3_matches_one_process_and_consolidates(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(f"import sys; sys.path.insert(0, {str(ROOT)!r})\nfrom tests.training.test_zero3 import worker\n"
                       f"worker({str(tmp_path)!r})\n")  # fmt: skip
-    port = ["--master_port", str(free_port())]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *port, str(script)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
