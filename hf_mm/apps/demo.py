@@ -40,7 +40,7 @@ from ..data import synthetic
 from ..data.tokenizers import tiny_tokenizer
 from ..eval import evaluate, score
 from ..modeling.clip import HfMmClipModel
-from ..training.publish import training_record
+from ..training.publish import card_row, training_record
 from ..training.setup import HfMmArguments, prepare_model, resolve_stage
 from ..training.sft import HfMmSFTTrainer
 
@@ -125,7 +125,8 @@ def build_towers(root: Path, preset: DemoPreset) -> tuple[str, str]:
     text_config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=preset.text_hidden, intermediate_size=4 * preset.text_hidden,
         num_hidden_layers=preset.text_layers, num_attention_heads=4, num_key_value_heads=4,
-        max_position_embeddings=512, initializer_range=preset.text_initializer_range, bos_token_id=0, eos_token_id=0, pad_token_id=1, tie_word_embeddings=True,
+        max_position_embeddings=512, initializer_range=preset.text_initializer_range, bos_token_id=0, eos_token_id=0,
+        pad_token_id=1, tie_word_embeddings=True,
     )  # fmt: skip
     LlamaForCausalLM(text_config).save_pretrained(root / "text")
     tokenizer.save_pretrained(root / "text")
@@ -134,7 +135,8 @@ def build_towers(root: Path, preset: DemoPreset) -> tuple[str, str]:
 
 def object_patches(scene: dict, patch_size: int) -> list[tuple[torch.Tensor, int, int]]:
     """Each object of a synthetic scene: the patches its drawn pixels touch (its exact palette colour inside its box:
-    the scenes are not anti-aliased) as a (num_patches,) bool mask, and the index of its caption in `CAPTIONS`."""
+    the scenes are not anti-aliased) as a (num_patches,) bool mask, and the indices of its colour and its shape in
+    `CAPTIONS`."""
     pixels = np.asarray(scene["images"][0])
     grid = pixels.shape[0] // patch_size
     objects = []
@@ -155,8 +157,11 @@ def caption_dual_encoder(vision_config, image_processor, preset: DemoPreset, roo
     image_processor.save_pretrained(tower_dir)
     tokenizer = tiny_tokenizer(list(CAPTIONS), vocab_size=64)
     width = preset.vision_hidden
-    BertModel(BertConfig(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=1, num_attention_heads=4,
-                         intermediate_size=2 * width, max_position_embeddings=32)).save_pretrained(caption_dir)  # fmt: skip
+    caption_config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=1, num_attention_heads=4,
+        intermediate_size=2 * width, max_position_embeddings=32,
+    )  # fmt: skip
+    BertModel(caption_config).save_pretrained(caption_dir)
     tokenizer.save_pretrained(caption_dir)
     clip = HfMmClipModel.from_vision_text_pretrained(str(tower_dir), str(caption_dir), projection_dim=width)
     return clip, tokenizer(list(CAPTIONS), padding=True, return_tensors="pt")
@@ -171,10 +176,10 @@ def region_caption_loss(clip, pixel_values, objects: list[list], captions) -> to
     regions = torch.nn.functional.normalize(clip.visual_projection(regions), dim=-1)  # (objects, P)
     texts = torch.nn.functional.normalize(clip.get_text_features(**captions).pooler_output, dim=-1)  # (9, P)
     logits = clip.scale() * regions @ texts.T  # (objects, 9): 6 colours, then 3 shapes
-    colours = torch.tensor([colour for scene in objects for _, colour, _ in scene])
-    shapes = torch.tensor([shape for scene in objects for _, _, shape in scene]) - len(synthetic.PALETTE)
-    cross_entropy = torch.nn.functional.cross_entropy
     n = len(synthetic.PALETTE)
+    colours = torch.tensor([colour for scene in objects for _, colour, _ in scene])
+    shapes = torch.tensor([shape for scene in objects for _, _, shape in scene]) - n
+    cross_entropy = torch.nn.functional.cross_entropy
     return cross_entropy(logits[:, :n], colours) + cross_entropy(logits[:, n:], shapes)
 
 
@@ -263,8 +268,7 @@ def train_stage(model, processor, dataset, stage: str, steps: int, lr: float, pr
 
 def save_card(trainer, out: Path, bases: dict, scores: dict, samples: int) -> None:
     """The training record and the model card, whose `model-index` carries the measured held-out exact match."""
-    row = {"task": "shapes_vqa", "dataset": "hf_mm-synthetic/shapes_vqa", "split": "test", "metric": "exact_match",
-           "value": round(scores["overall"], 4), "samples": samples}  # fmt: skip
+    row = card_row("shapes_vqa", scores["overall"], samples)
     stage = resolve_stage(HfMmArguments(stage="instruct"), use_peft=False)
     hub.write_training_record(out, training_record(trainer, "demo", "instruct", stage, bases, [row["dataset"]], [row]))
     hub.save_model_card(out)

@@ -130,11 +130,14 @@ def score_split(model, processor, dataset, split: str = "test", max_new_tokens: 
     """hf_mm's scorers on a held-out split with `answer` and `task` columns: one card row per task."""
     scores = evaluate(predict(model, processor, dataset, max_new_tokens=max_new_tokens), dataset)
     counts = Counter(dataset["task"])
-    return [
-        {"task": task, "dataset": f"hf_mm-synthetic/{task}", "split": split, "samples": counts[task],
-         "metric": "iou@0.5" if task in BOX_TASKS else "exact_match", "value": round(value, 4)}
-        for task, value in scores["per_task"].items()
-    ]  # fmt: skip
+    return [card_row(task, value, counts[task], split) for task, value in scores["per_task"].items()]
+
+
+def card_row(task: str, value: float, samples: int, split: str = "test") -> dict:
+    """One `model-index` row of the card (the training record's `eval`) for a synthetic task's score."""
+    metric = "iou@0.5" if task in BOX_TASKS else "exact_match"
+    return {"task": task, "dataset": f"hf_mm-synthetic/{task}", "split": split, "samples": samples, "metric": metric,
+            "value": round(value, 4)}  # fmt: skip
 
 
 def finish(trainer, processor, record: dict, plan: HubPlan | None) -> None:

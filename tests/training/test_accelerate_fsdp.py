@@ -1,10 +1,10 @@
 """`hf-mm sft` under accelerate's own FSDP2, launched with `recipes/accelerate/fsdp.yaml` on 2 CPU processes (gloo).
 
 accelerate turns FSDP on only for an accelerator's process group; `fsdp_cpu_launch.py` lifts that one gate as
-accelerate does for GPUs, and the rest is the real path: `accelerate launch --config_file recipes/accelerate/fsdp.yaml`,
-the training CLI, the Trainer's FSDP2 preparation from the recipe (wrap units from `_no_split_modules`,
-SHARDED_STATE_DICT checkpoints), its resume, and hf_mm's final save. Each run is checked against the same CLI in one
-process on the same global batch (2 ranks x 2 samples against 1 x 4).
+accelerate does for GPUs, and the rest is the real path: `accelerate launch --config_file
+recipes/accelerate/fsdp.yaml`, the training CLI, the Trainer's FSDP2 preparation from the recipe (wrap units from
+`_no_split_modules`, SHARDED_STATE_DICT checkpoints), its resume, and hf_mm's final save. Each run is checked against
+the same CLI in one process on the same global batch (2 ranks x 2 samples against 1 x 4).
 
 Shown: the per-step loss and gradient norm equal one process; the tower stays frozen; checkpoints are sharded
 (one `.distcp` per rank) and marked complete; `--resume_from_checkpoint latest` continues from a sharded checkpoint
@@ -40,8 +40,8 @@ def sft_args(model: pathlib.Path, out: pathlib.Path, per_device: int, *extra: st
         "--dataset_format", "synthetic", "--synthetic_train_samples", "16", "--synthetic_eval_samples", "0",
         "--synthetic_image_size", "32", "--max_steps", str(STEPS), "--per_device_train_batch_size", str(per_device),
         "--learning_rate", "1e-3", "--logging_steps", "1", "--bf16", "false", "--dtype", "float32",
-        "--report_to", "none", "--disable_tqdm", "true", "--gradient_checkpointing", "false", "--seed", "0", "--use_cpu", "true",
-        "--save_strategy", "no", *extra,
+        "--report_to", "none", "--disable_tqdm", "true", "--gradient_checkpointing", "false", "--seed", "0",
+        "--use_cpu", "true", "--save_strategy", "no", *extra,
     ]  # fmt: skip
 
 
