@@ -2,12 +2,13 @@
 
 The papers' lineage, shrunk: nothing is downloaded, so every part is built from a config and trained here.
 0. The tower: a CLIP-style ViT is pretrained as one half of an `hf_mm_clip` dual encoder, contrasting each object's
-   region (its patch tokens, pooled) with every colour and shape caption, so a region learns which colour and which
-   shape are its own, not just which occur in the scene.
-1. Compose it with a small Llama-style LM (a tokenizer trained on the task's words) through
-   `from_vision_text_pretrained`, as a user would with two Hub checkpoints.
-2. Train LLaVA's two stages with TRL's SFTTrainer on the synthetic shapes VQA task (colour and shape questions):
-   `align` (the bridge only), then `instruct` (bridge + LLM).
+   region (its patch tokens, pooled) and each of its patches with every colour and shape caption, so a region learns
+   which colour and which shape are its own, not just which occur in the scene.
+   The LM: a small Llama-style LM (a BPE trained on the task's words, ChatML's markers) learns the task's language,
+   the same questions, and captions, about scenes written as words where the image will go.
+1. Compose them through `from_vision_text_pretrained`, as a user would with two Hub checkpoints.
+2. Train LLaVA's two stages with TRL's SFTTrainer: `align` (the bridge only) on image-caption pairs, then `instruct`
+   (bridge + LLM) on the synthetic shapes VQA task (colour and shape questions).
 3. Measure exact match on a held-out split before and after, and with the scenes shuffled (the text-only baseline);
    save to `outputs/demo/` with a card whose `model-index` holds the measured score; reload through
    `AutoModelForImageTextToText` / `AutoProcessor`; answer a question about a held-out scene and a scikit-image photo.
@@ -15,6 +16,7 @@ The papers' lineage, shrunk: nothing is downloaded, so every part is built from 
 
 import argparse
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from ..data import synthetic
 from ..data.tokenizers import tiny_tokenizer
 from ..eval import evaluate, score
 from ..modeling.clip import HfMmClipModel
+from ..tokens import CHATML_TOKENS, IMAGE_TOKEN, default_chat_template
 from ..training.publish import card_row, training_record
 from ..training.setup import HfMmArguments, prepare_model, resolve_stage
 from ..training.sft import HfMmSFTTrainer
@@ -53,7 +56,7 @@ class DemoPreset:
     """Sizes and budgets of one demo run. `full` is `make demo`; `quick` is the test suite's shortened run."""
 
     pretrain_samples: int = 6000
-    pretrain_steps: int = 1200  # steps matter more than samples here: 1200 x 16 beats 600 x 32
+    pretrain_steps: int = 3600  # the patches learn shape late: 0.66 per 16 px block after 1,200 steps, 0.85 at 2,400
     pretrain_batch: int = 16
     pretrain_lr: float = 3e-3
     train_samples: int = 8000
@@ -67,8 +70,14 @@ class DemoPreset:
     text_hidden: int = 128
     text_layers: int = 2
     text_initializer_range: float = 0.06
-    align_steps: int = 50
-    instruct_steps: int = 1000
+    lm_pretrain_steps: int = 400  # stage 0 for the LM: questions and captions about scenes written as words
+    lm_pretrain_batch: int = 32
+    lm_pretrain_lr: float = 2e-3
+    scene_cell: int = 16  # the pixels one image token covers (8 px patches, 2x2 per token): one word per block
+    align_stage: str = "align"
+    align_on_captions: bool = True  # LLaVA stage 1's data: image-caption pairs ("Describe the scene.")
+    align_steps: int = 500
+    instruct_steps: int = 300
     batch_size: int = 16
     align_lr: float = 2e-3
     instruct_lr: float = 1e-3
@@ -76,14 +85,13 @@ class DemoPreset:
 
 PRESETS = {
     "full": DemoPreset(),
-    # The same recipe for longer: which of several objects a question names takes samples, not only steps (the
-    # previous recipe reached 78.5% with 2,000 steps of 32; this one 55% with 2,000 of 16, docs/demo-experiments.md).
-    "long": DemoPreset(align_steps=100, instruct_steps=2000, batch_size=32),
-    # A random tower read one layer before its last, and 200 SFT steps: the previous recipe's quick run, kept as the
-    # starting point of the evaluation and RL tests (tests/conftest.py), which need a model that answers in the
-    # task's format and has room to improve.
+    # A new tower and a new LM read one layer before the tower's last, aligned on the questions and instructed for
+    # 160 steps: the first demo's quick run, kept as the starting point of the evaluation and RL tests
+    # (tests/conftest.py), which need a model that answers in the task's format and has room to improve.
     "warm-start": DemoPreset(
         pretrain_steps=0,
+        lm_pretrain_steps=0,
+        align_on_captions=False,
         vision_feature_layer=-2,
         bridge_type="mlp2x_gelu",
         text_initializer_range=0.02,
@@ -96,17 +104,17 @@ PRESETS = {
     # The test suite's run: the same stages, shortened.
     "quick": DemoPreset(
         pretrain_samples=2000,
-        pretrain_steps=300,
+        pretrain_steps=1500,
         train_samples=3000,
         eval_samples=96,
-        align_steps=20,
-        instruct_steps=450,
+        align_steps=200,
+        instruct_steps=150,
     ),  # fmt: skip
 }
 
 
 def build_towers(root: Path, preset: DemoPreset) -> tuple[str, str]:
-    """Save a CLIP-style vision tower and a Llama-style LM (with a BPE trained on the task's words) under `root`."""
+    """Save a CLIP-style vision tower (pretrained: stage 0) and a Llama-style LM under `root`; return their paths."""
     vision_config = CLIPVisionConfig(
         hidden_size=preset.vision_hidden, intermediate_size=4 * preset.vision_hidden,
         num_hidden_layers=preset.vision_layers, num_attention_heads=4, image_size=preset.image_size,
@@ -120,33 +128,148 @@ def build_towers(root: Path, preset: DemoPreset) -> tuple[str, str]:
         tower = CLIPVisionModel(vision_config)
     tower.save_pretrained(root / "vision")
     image_processor.save_pretrained(root / "vision")
-    corpus = [turn["content"][-1]["text"] for s in synthetic.shapes_vqa(400, seed=99) for turn in s["messages"]]
-    tokenizer = tiny_tokenizer(corpus, vocab_size=400)
+    return str(root / "vision"), build_language_model(root, preset)
+
+
+def build_language_model(root: Path, preset: DemoPreset) -> str:
+    """Save a Llama-style LM and its tokenizer under `root / "text"`: pretrained on the task's language (stage 0),
+    or, with `lm_pretrain_steps=0`, new, with a BPE trained on the task's questions and answers only."""
+    if preset.lm_pretrain_steps:
+        scenes = synthetic.shapes_vqa(preset.pretrain_samples, seed=2, image_size=preset.image_size,
+                                      question_types=QUESTION_TYPES)  # fmt: skip
+        tokenizer = chat_tokenizer(scenes, preset)
+    else:
+        corpus = [turn["content"][-1]["text"] for s in synthetic.shapes_vqa(400, seed=99) for turn in s["messages"]]
+        tokenizer = tiny_tokenizer(corpus, vocab_size=400)
     text_config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=preset.text_hidden, intermediate_size=4 * preset.text_hidden,
         num_hidden_layers=preset.text_layers, num_attention_heads=4, num_key_value_heads=4,
         max_position_embeddings=512, initializer_range=preset.text_initializer_range, bos_token_id=0, eos_token_id=0,
         pad_token_id=1, tie_word_embeddings=True,
     )  # fmt: skip
-    LlamaForCausalLM(text_config).save_pretrained(root / "text")
+    language_model = LlamaForCausalLM(text_config)
+    if preset.lm_pretrain_steps:
+        scenes += describe_samples(scenes, preset.scene_cell)
+        pretrain_language_model(language_model, tokenizer, scenes, preset)
+    language_model.save_pretrained(root / "text")
     tokenizer.save_pretrained(root / "text")
-    return str(root / "vision"), str(root / "text")
+    return str(root / "text")
 
 
-def object_patches(scene: dict, patch_size: int) -> list[tuple[torch.Tensor, int, int]]:
-    """Each object of a synthetic scene: the patches its drawn pixels touch (its exact palette colour inside its box:
-    the scenes are not anti-aliased) as a (num_patches,) bool mask, and the indices of its colour and its shape in
-    `CAPTIONS`."""
+def pixels_per_block(scene: dict, block: int) -> np.ndarray:
+    """(objects, blocks): how many of each object's drawn pixels (its exact palette colour inside its box: the scenes
+    are not anti-aliased) fall in each `block` x `block` square of the image, in raster order."""
     pixels = np.asarray(scene["images"][0])
-    grid = pixels.shape[0] // patch_size
-    objects = []
+    grid = pixels.shape[0] // block
+    counts = []
     for obj in scene["meta"]["shapes"]:
         x1, y1, x2, y2 = obj["box"]
         drawn = np.zeros(pixels.shape[:2], dtype=bool)
         drawn[y1:y2, x1:x2] = (pixels[y1:y2, x1:x2] == synthetic.PALETTE[obj["colour"]]).all(-1)
-        touched = drawn.reshape(grid, patch_size, grid, patch_size).any(axis=(1, 3)).reshape(-1)
-        objects.append((torch.from_numpy(touched), CAPTIONS.index(obj["colour"]), CAPTIONS.index(obj["shape"])))
-    return objects
+        counts.append(drawn.reshape(grid, block, grid, block).sum(axis=(1, 3)).reshape(-1))
+    return np.stack(counts)
+
+
+def scene_words(scene: dict, cell: int) -> str:
+    """A synthetic scene written as words, one per `cell` x `cell` block in raster order (the order of the image
+    tokens the LLM reads): the object that fills most of the block, as one word ("redcircle"), or "empty"."""
+    shapes, filled = scene["meta"]["shapes"], pixels_per_block(scene, cell)
+    words = [shapes[k]["colour"] + shapes[k]["shape"] for k in filled.argmax(0)]
+    return "".join(f" {word}" if count else " empty" for word, count in zip(words, filled.max(0)))
+
+
+DESCRIBE = "Describe the scene."
+
+
+def describe_samples(scenes: list[dict], cell: int) -> list[dict]:
+    """Captioning samples over `scenes`: "Describe the scene." answered with the scene's words, LLaVA stage 1's data
+    (image-caption pairs) for this task."""
+    out = []
+    for scene in scenes:
+        caption = scene_words(scene, cell).strip()
+        messages = [user_turn(DESCRIBE), {"role": "assistant", "content": [{"type": "text", "text": caption}]}]
+        out.append({**scene, "messages": messages, "answer": caption, "question_type": "describe"})
+    return out
+
+
+def chat_prompt(scene: dict, tokenizer) -> tuple[str, str]:
+    """The scene's user turn rendered with the tokenizer's chat template, as the text before and after the image."""
+    question = scene["messages"][0]["content"][-1]["text"]
+    prompt = tokenizer.apply_chat_template([user_turn(question)], add_generation_prompt=True, tokenize=False)
+    before, after = prompt.split(IMAGE_TOKEN)
+    return before, after
+
+
+def chat_tokenizer(scenes: list[dict], preset: DemoPreset):
+    """The LM's tokenizer: a BPE trained on the task's text and its scenes written as words, with ChatML's markers
+    and template, as a chat LM's tokenizer has. Each object word must be one token, as an image token is one."""
+    texts = [scene_words(s, preset.scene_cell) for s in scenes[:1000]]
+    texts += [text.strip() for text in texts]  # a caption's first word follows "assistant\n", with no space
+    texts += [turn["content"][-1]["text"] for s in scenes[:1000] for turn in s["messages"]]
+    tokenizer = tiny_tokenizer(texts, vocab_size=400)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(CHATML_TOKENS)})
+    tokenizer.chat_template = default_chat_template()
+    words = [f"{colour}{shape}" for colour in synthetic.PALETTE for shape in synthetic.SHAPES] + ["empty"]
+    words += [f" {word}" for word in words]
+    split = [word for word in words if len(tokenizer(word, add_special_tokens=False).input_ids) != 1]
+    if split:
+        raise ValueError(f"The scene words {split} are not single tokens: raise the tokenizer's vocab_size.")
+    return tokenizer
+
+
+def scene_texts(scenes: list[dict], tokenizer, cell: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of each scene's chat (the scene's words where the image goes) and labels on the answer only."""
+    encode = functools.partial(tokenizer.encode, add_special_tokens=False)
+    ids, labels = [], []
+    for scene in scenes:
+        before, after = chat_prompt(scene, tokenizer)
+        prompt = encode(before) + encode(scene_words(scene, cell)) + encode(after)
+        answer = encode(scene["answer"] + CHATML_TOKENS[1] + "\n")
+        ids.append(prompt + answer)
+        labels.append([-100] * len(prompt) + answer)
+    length = max(map(len, ids))
+    pad = tokenizer.pad_token_id
+    return (
+        torch.tensor([row + [pad] * (length - len(row)) for row in ids]),
+        torch.tensor([row + [-100] * (length - len(row)) for row in labels]),
+    )
+
+
+def pretrain_language_model(language_model, tokenizer, scenes: list[dict], preset: DemoPreset) -> None:
+    """Stage 0, the LM: trained on the task's language, the questions about scenes written as words.
+
+    A VLM's LLM was pretrained on language long before it sees an image: it already answers "what colour is the
+    circle?" about a scene described in words. Here that is the same chat, with the scene's words ("redcircle",
+    "empty", one per image token's block of pixels) where the image will go. Composing then only has to teach the
+    bridge to say, from the tower's patches, what the words said (docs/demo-experiments.md, fourth round).
+    """
+    ids, labels = scene_texts(scenes, tokenizer, preset.scene_cell)
+    optimizer = torch.optim.AdamW(language_model.parameters(), lr=preset.lm_pretrain_lr, weight_decay=0.0)
+    schedule = get_cosine_schedule_with_warmup(optimizer, preset.lm_pretrain_steps // 20, preset.lm_pretrain_steps)
+    order = torch.randperm(len(ids), generator=torch.Generator().manual_seed(0))
+    language_model.train()
+    for step in range(preset.lm_pretrain_steps):
+        batch = order[torch.arange(step * preset.lm_pretrain_batch, (step + 1) * preset.lm_pretrain_batch) % len(ids)]
+        loss = language_model(input_ids=ids[batch], attention_mask=ids[batch] != tokenizer.pad_token_id,
+                              labels=labels[batch]).loss  # fmt: skip
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    print(
+        f"0. pretrained the LM for {preset.lm_pretrain_steps} steps on scenes written as words (loss {loss.item():.3f})"
+    )
+    language_model.eval()
+
+
+def object_patches(scene: dict, patch_size: int) -> list[tuple[torch.Tensor, int, int]]:
+    """Each object of a synthetic scene: the patches its drawn pixels touch as a (num_patches,) bool mask, and the
+    indices of its colour and its shape in `CAPTIONS`."""
+    touched = torch.from_numpy(pixels_per_block(scene, patch_size) > 0)  # (objects, num_patches)
+    return [
+        (mask, CAPTIONS.index(obj["colour"]), CAPTIONS.index(obj["shape"]))
+        for mask, obj in zip(touched, scene["meta"]["shapes"])
+    ]
 
 
 def caption_dual_encoder(vision_config, image_processor, preset: DemoPreset, root: Path):
@@ -168,19 +291,33 @@ def caption_dual_encoder(vision_config, image_processor, preset: DemoPreset, roo
 
 
 def region_caption_loss(clip, pixel_values, objects: list[list], captions) -> torch.Tensor:
-    """InfoNCE of each object's region against the 6 colour captions, plus against the 3 shape captions."""
+    """InfoNCE of each object's region, and of each patch it touches, against the 6 colour captions, plus against the
+    3 shape captions. The pooled region learns shape fast; the patches must carry it too, since the LLM reads them."""
     patches = clip.vision_tower(pixel_values=pixel_values).last_hidden_state[:, 1:]  # (B, N, D), CLS dropped
-    masks = torch.stack([mask for scene in objects for mask, _, _ in scene]).float()  # (objects, N)
+    masks = torch.stack([mask for scene in objects for mask, _, _ in scene])  # (objects, N)
     owner = torch.tensor([row for row, scene in enumerate(objects) for _ in scene])
-    regions = (masks[:, :, None] * patches[owner]).sum(1) / masks.sum(1, keepdim=True).clamp(min=1)
-    regions = torch.nn.functional.normalize(clip.visual_projection(regions), dim=-1)  # (objects, P)
-    texts = torch.nn.functional.normalize(clip.get_text_features(**captions).pooler_output, dim=-1)  # (9, P)
-    logits = clip.scale() * regions @ texts.T  # (objects, 9): 6 colours, then 3 shapes
-    n = len(synthetic.PALETTE)
+    weights = masks.float()[:, :, None]
+    regions = (weights * patches[owner]).sum(1) / weights.sum(1).clamp(min=1)  # (objects, D)
     colours = torch.tensor([colour for scene in objects for _, colour, _ in scene])
-    shapes = torch.tensor([shape for scene in objects for _, _, shape in scene]) - n
+    shapes = torch.tensor([shape for scene in objects for _, _, shape in scene])
+    touched = masks.sum(1)  # patches per object
+    tokens = torch.cat([regions, patches[owner][masks]])  # (objects + touched patches, D)
+    colours, shapes = (
+        torch.cat([colours, colours.repeat_interleave(touched)]),
+        torch.cat([shapes, shapes.repeat_interleave(touched)]),
+    )
+    tokens = torch.nn.functional.normalize(clip.visual_projection(tokens), dim=-1)
+    texts = torch.nn.functional.normalize(clip.get_text_features(**captions).pooler_output, dim=-1)  # (9, P)
+    logits = clip.scale() * tokens @ texts.T  # 6 colours, then 3 shapes
+    n, regions_only = len(synthetic.PALETTE), slice(0, len(owner))
     cross_entropy = torch.nn.functional.cross_entropy
-    return cross_entropy(logits[:, :n], colours) + cross_entropy(logits[:, n:], shapes)
+    pooled = cross_entropy(logits[regions_only, :n], colours[regions_only]) + cross_entropy(
+        logits[regions_only, n:], shapes[regions_only] - n
+    )
+    dense = cross_entropy(logits[len(owner) :, :n], colours[len(owner) :]) + cross_entropy(
+        logits[len(owner) :, n:], shapes[len(owner) :] - n
+    )
+    return pooled + dense
 
 
 def pretrain_vision_tower(vision_config, image_processor, preset: DemoPreset, root: Path):
@@ -306,13 +443,23 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"1. composed {model.num_parameters():,} parameters from {vision} + {text}")
 
     make = synthetic.shapes_vqa
-    train = make(preset.train_samples, image_size=preset.image_size, question_types=QUESTION_TYPES)
-    train = synthetic.to_dataset(train)
+    train_samples = make(preset.train_samples, image_size=preset.image_size, question_types=QUESTION_TYPES)
+    train = synthetic.to_dataset(train_samples)
     held_out = make(preset.eval_samples, image_size=preset.image_size, question_types=QUESTION_TYPES, split="test")
     before = accuracy(model, processor, held_out)
     print(f"2. held-out accuracy before training: {describe(before)} (chance: colour 1/6, shape 1/3)")
 
-    align = train_stage(model, processor, train, "align", preset.align_steps, preset.align_lr, preset, out)
+    captions = synthetic.to_dataset(describe_samples(train_samples, preset.scene_cell))
+    align = train_stage(
+        model,
+        processor,
+        captions if preset.align_on_captions else train,
+        preset.align_stage,
+        preset.align_steps,
+        preset.align_lr,
+        preset,
+        out,
+    )
     instruct = train_stage(model, processor, train, "instruct", preset.instruct_steps, preset.instruct_lr, preset, out)
     after = accuracy(model, processor, held_out)
     text_only = accuracy(model, processor, held_out, shuffle_images=True)
