@@ -386,8 +386,9 @@ def default_towers(root: Path, pretrain: bool, tasks: list[str], budget: Budget)
     language."""
     from .demo import PRESETS, build_towers
 
-    preset = PRESETS["full"] if pretrain else dataclasses.replace(PRESETS["quick"], vision_feature_layer=-1)
-    vision, text = build_towers(root, preset)
+    # The LM's own stage 0 here is `pretrain_text_tower` (every task's text), not the demo's shapes-only one.
+    preset = PRESETS["full"] if pretrain else dataclasses.replace(PRESETS["quick"], pretrain_steps=0)
+    vision, text = build_towers(root, dataclasses.replace(preset, lm_pretrain_steps=0, vision_feature_layer=-1))
     if pretrain and "digits" in tasks:
         pretrain_tower_on_digits(Path(vision), budget.tower_digit_steps, budget.image_size)
     pretrain_text_tower(Path(text), tasks, budget.text_pretrain_steps)
