@@ -57,16 +57,16 @@ compat-leg:
 	.venv-tf$(LEG)/bin/python -m ruff check -q hf_mm tests benchmarks
 	.venv-tf$(LEG)/bin/python -m pytest -q -p no:cacheprovider $(COMPAT_TESTS)
 
-# DeepSpeed ZeRO-3 on 2 CPU processes (tests/training/test_zero3.py), in its own venv. deepspeed ships only as an
-# sdist whose build imports torch: built without isolation against this venv's CPU torch (an isolated build would
-# fetch a CUDA torch of several GB).
+# DeepSpeed ZeRO-3 on 2 CPU processes, in its own venv: deepspeed's engine directly (test_zero3.py) and the SFT CLI
+# through `accelerate launch` (test_accelerate_zero3.py). deepspeed ships only as an sdist whose build imports torch:
+# built without isolation against this venv's CPU torch (an isolated build would fetch a CUDA torch of several GB).
 test-zero3:
 	test -x .venv-zero3/bin/python || python3 -m venv .venv-zero3
 	.venv-zero3/bin/python -m pip install -q --upgrade pip setuptools wheel
 	.venv-zero3/bin/python -m pip install -q "$(TORCH)"
 	.venv-zero3/bin/python -m pip install -q -e ".[dev]"
 	.venv-zero3/bin/python -m pip install -q --no-build-isolation "deepspeed==0.19.8"
-	DS_ACCELERATOR=cpu .venv-zero3/bin/python -m pytest -q -p no:cacheprovider tests/training/test_zero3.py
+	DS_ACCELERATOR=cpu .venv-zero3/bin/python -m pytest -q -p no:cacheprovider tests/training/test_zero3.py tests/training/test_accelerate_zero3.py
 
 # pip's resolver: hf-mm beside vLLM 0.33, SGLang 0.5.23 and TRL's vLLM extra (metadata only, about a minute).
 coinstall: install

@@ -1,6 +1,6 @@
 """`hf-mm sft` under accelerate's own FSDP2, launched with `recipes/accelerate/fsdp.yaml` on 2 CPU processes (gloo).
 
-accelerate turns FSDP on only for an accelerator's process group; `fsdp_cpu_launch.py` lifts that one gate as
+accelerate turns FSDP on only for an accelerator's process group; `cpu_launch.py` lifts that one gate as
 accelerate does for GPUs, and the rest is the real path: `accelerate launch --config_file
 recipes/accelerate/fsdp.yaml`, the training CLI, the Trainer's FSDP2 preparation from the recipe (wrap units from
 `_no_split_modules`, SHARDED_STATE_DICT checkpoints), its resume, and hf_mm's final save. Each run is checked against
@@ -33,24 +33,25 @@ ROOT = pathlib.Path(__file__).parents[2]
 STEPS = 4
 
 
-def sft_args(model: pathlib.Path, out: pathlib.Path, per_device: int, *extra: str) -> list[str]:
-    """The `instruct` stage (frozen tower) on 16 synthetic samples, fp32, a loss logged every step."""
+def sft_args(model: pathlib.Path, out: pathlib.Path, per_device: int, *extra: str, use_cpu: bool = True) -> list[str]:
+    """The `instruct` stage (frozen tower) on 16 synthetic samples, fp32, a loss logged every step. DeepSpeed runs
+    without `--use_cpu` (accelerate refuses DeepSpeed with it)."""
     return [
         "--model_name_or_path", str(model), "--stage", "instruct", "--output_dir", str(out),
         "--dataset_format", "synthetic", "--synthetic_train_samples", "16", "--synthetic_eval_samples", "0",
         "--synthetic_image_size", "32", "--max_steps", str(STEPS), "--per_device_train_batch_size", str(per_device),
         "--learning_rate", "1e-3", "--logging_steps", "1", "--bf16", "false", "--dtype", "float32",
         "--report_to", "none", "--disable_tqdm", "true", "--gradient_checkpointing", "false", "--seed", "0",
-        "--use_cpu", "true", "--save_strategy", "no", *extra,
+        *(["--use_cpu", "true"] if use_cpu else []), "--save_strategy", "no", *extra,
     ]  # fmt: skip
 
 
-def launch(args: list[str]) -> None:
-    """`accelerate launch` with the recipe's FSDP config on 2 CPU processes."""
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/fsdp.yaml"]
+def launch(args: list[str], recipe: str = "recipes/accelerate/fsdp.yaml") -> None:
+    """`accelerate launch` with a recipe's config (FSDP by default) on 2 CPU processes."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", recipe]
     command += ["--num_processes", "2", "--mixed_precision", "no"]
-    command += ["tests/training/fsdp_cpu_launch.py", "-m", "hf_mm.training.sft", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command += ["tests/training/cpu_launch.py", "-m", "hf_mm.training.sft", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "[rank 0/2] finished" in result.stdout and "[rank 1/2] finished" in result.stdout
@@ -61,13 +62,18 @@ def history(out: pathlib.Path, key: str) -> dict[int, float]:
     return {entry["step"]: entry[key] for entry in log if key in entry}
 
 
+def save_base(folder: pathlib.Path) -> None:
+    """The tiny composed LLaVA every launch starts from, seeded."""
+    config = tiny_llava_config(vision_feature_layer=-1)
+    torch.manual_seed(0)
+    HfMmLlavaForConditionalGeneration(config).save_pretrained(folder)
+    tiny_llava_processor(config).save_pretrained(folder)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, pathlib.Path]:
     root = tmp_path_factory.mktemp("accelerate_fsdp")
-    config = tiny_llava_config(vision_feature_layer=-1)
-    torch.manual_seed(0)
-    HfMmLlavaForConditionalGeneration(config).save_pretrained(root / "base")
-    tiny_llava_processor(config).save_pretrained(root / "base")
+    save_base(root / "base")
     lora = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0"]
     paths = {name: root / name for name in ("base", "fsdp", "resumed", "alone", "lora", "lora_alone")}
 
@@ -86,26 +92,32 @@ def assert_same_tensors(a: dict, b: dict, atol: float = 1e-5) -> None:
     assert worst <= atol, worst
 
 
-def test_fsdp2_through_accelerate_trains_like_one_process_and_saves_a_loadable_model(runs):
-    losses, alone = history(runs["fsdp"], "loss"), history(runs["alone"], "loss")
+def assert_trains_like_one_process(run: pathlib.Path, alone: pathlib.Path, base: pathlib.Path) -> None:
+    """Per-step loss and gradient norm, the final weights and the Auto-loaded logits of a distributed `run` equal the
+    one-process run `alone` on the same global batch; the tower of `base` stays frozen and the LM moves."""
+    losses, alone_losses = history(run, "loss"), history(alone, "loss")
     assert sorted(losses) == list(range(1, STEPS + 1)) and losses[STEPS] != losses[1]
-    assert max(abs(losses[s] - alone[s]) for s in alone) <= 1e-5, (losses, alone)
-    norms, alone_norms = history(runs["fsdp"], "grad_norm"), history(runs["alone"], "grad_norm")
+    assert max(abs(losses[s] - alone_losses[s]) for s in alone_losses) <= 1e-5, (losses, alone_losses)
+    norms, alone_norms = history(run, "grad_norm"), history(alone, "grad_norm")
     assert max(abs(norms[s] - alone_norms[s]) for s in alone_norms) <= 1e-4
 
-    final, base = load_file(runs["fsdp"] / "model.safetensors"), load_file(runs["base"] / "model.safetensors")
-    assert_same_tensors(final, load_file(runs["alone"] / "model.safetensors"))
-    tower = [k for k in base if ".vision_tower." in k]
-    assert tower and all(torch.equal(final[k], base[k]) for k in tower)  # frozen under FSDP
-    assert any(not torch.equal(final[k], base[k]) for k in base if ".language_model." in k)
+    final, initial = load_file(run / "model.safetensors"), load_file(base / "model.safetensors")
+    assert_same_tensors(final, load_file(alone / "model.safetensors"))
+    tower = [k for k in initial if ".vision_tower." in k]
+    assert tower and all(torch.equal(final[k], initial[k]) for k in tower)  # frozen when sharded
+    assert any(not torch.equal(final[k], initial[k]) for k in initial if ".language_model." in k)
 
-    model = AutoModelForImageTextToText.from_pretrained(runs["fsdp"]).eval()
-    reference = AutoModelForImageTextToText.from_pretrained(runs["alone"]).eval()
+    model = AutoModelForImageTextToText.from_pretrained(run).eval()
+    reference = AutoModelForImageTextToText.from_pretrained(alone).eval()
     ids = torch.tensor([[model.config.image_token_id] * 16 + list(range(5, 13))])
     pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         logits, expected = (m(input_ids=ids, pixel_values=pixels).logits for m in (model, reference))
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=0)
+
+
+def test_fsdp2_through_accelerate_trains_like_one_process_and_saves_a_loadable_model(runs):
+    assert_trains_like_one_process(runs["fsdp"], runs["alone"], runs["base"])
 
 
 def test_sharded_checkpoints_resume_with_latest_and_consolidate(runs, tmp_path):

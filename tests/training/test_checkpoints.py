@@ -94,3 +94,22 @@ def test_rotation_keeps_the_newest_complete_checkpoint_and_latest_finds_it(tmp_p
     (out / "checkpoint-6" / "trainer_state.json").write_text("{")  # damaged after it was marked
     assert not is_complete(out / "checkpoint-6") and resolve_resume(out, "latest") is None
     assert resolve_resume(tmp_path / "empty", "latest") is None and resolve_resume(out, None) is None
+
+
+def test_a_model_holding_every_key_conversion_still_saves_hf_mm_keys(tmp_path):
+    # transformers 5.25's ZeRO-3 loader leaves every conversion it knows on the model, matched or not, and
+    # save_pretrained reverses them all; the training CLIs keep only the matched ones after loading.
+    from safetensors.torch import load_file
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    from hf_mm.training.setup import keep_matched_weight_conversions
+
+    model = HfMmLlavaForConditionalGeneration(CONFIG)
+    model.save_pretrained(tmp_path / "plain")
+    expected = set(load_file(tmp_path / "plain" / "model.safetensors"))
+    model._weight_conversions = get_model_conversion_mapping(model)
+    model.save_pretrained(tmp_path / "every")
+    assert set(load_file(tmp_path / "every" / "model.safetensors")) != expected  # legacy prefixes
+    keep_matched_weight_conversions(model)
+    model.save_pretrained(tmp_path / "kept")
+    assert set(load_file(tmp_path / "kept" / "model.safetensors")) == expected
