@@ -9,7 +9,9 @@ by 50% on the first step). `gather_output_embeddings` unshards the unit before t
 FSDP's post-backward callback then reduce-scatters the head's gradient like every other unit's, and reshards it.
 """
 
+import torch
 from torch.distributed.fsdp import FSDPModule
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 
 def gather_output_embeddings(model) -> None:
@@ -17,3 +19,17 @@ def gather_output_embeddings(model) -> None:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(head, FSDPModule):
         head.unshard()
+
+
+def is_sharded(model) -> bool:
+    """Whether `model`'s parameters are split across ranks (FSDP2 units or DeepSpeed ZeRO-3), so that every forward
+    pass needs every rank: generation included."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return False
+    return is_deepspeed_zero3_enabled() or any(isinstance(module, FSDPModule) for module in model.modules())
+
+
+def is_main_process() -> bool:
+    """Rank 0 of the process group, or the only process."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return not distributed or torch.distributed.get_rank() == 0

@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 from .. import hub
 from ..eval import evaluate, predict
 from ..eval.scorers import BOX_TASKS
+from .fsdp import is_main_process, is_sharded
 
 
 class TaskScoreCallback(TrainerCallback):
@@ -29,11 +30,11 @@ class TaskScoreCallback(TrainerCallback):
         self.latest: list[dict] | None = None
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        self.latest = score_split(model, self.processor, self.dataset, max_new_tokens=self.max_new_tokens)
-        row = {f"score/{r['task']}/{r['metric']}": r["value"] for r in self.latest}
-        state.log_history.append({**row, "step": state.global_step})
+        scores = score_on_ranks(model, self.processor, self.dataset, max_new_tokens=self.max_new_tokens)
+        if state.is_world_process_zero:
+            self.latest = scores
+            row = {f"score/{r['task']}/{r['metric']}": r["value"] for r in self.latest}
+            state.log_history.append({**row, "step": state.global_step})
 
 
 def training_record(
@@ -126,11 +127,23 @@ def hub_callbacks(plan: HubPlan | None) -> list[TrainerCallback]:
     return [HubPushCallback(plan)] if plan and plan.every_save else []
 
 
-def score_split(model, processor, dataset, split: str = "test", max_new_tokens: int = 32) -> list[dict]:
+def score_split(
+    model, processor, dataset, split: str = "test", max_new_tokens: int = 32, **generate_kwargs
+) -> list[dict]:
     """hf_mm's scorers on a held-out split with `answer` and `task` columns: one card row per task."""
-    scores = evaluate(predict(model, processor, dataset, max_new_tokens=max_new_tokens), dataset)
+    scores = evaluate(predict(model, processor, dataset, max_new_tokens=max_new_tokens, **generate_kwargs), dataset)
     counts = Counter(dataset["task"])
     return [card_row(task, value, counts[task], split) for task, value in scores["per_task"].items()]
+
+
+def score_on_ranks(model, processor, dataset, **kwargs) -> list[dict] | None:
+    """`score_split` on the main process; on every rank when the model is sharded (FSDP, ZeRO-3), whose forward
+    passes gather parameters from all ranks: scored on rank 0 alone it would wait for them forever. Ranks then
+    generate in step (`synced_gpus`). Returns the rows where scored, else None."""
+    sharded = is_sharded(model)
+    if not sharded and not is_main_process():
+        return None
+    return score_split(model, processor, dataset, **kwargs, **({"synced_gpus": True} if sharded else {}))
 
 
 def card_row(task: str, value: float, samples: int, split: str = "test") -> dict:

@@ -16,7 +16,7 @@ from .collators import DroppedCountLogMixin, VisionSFTCollator
 from .data_args import DataArguments, dataset_names, load_train_eval
 from .guards import TrainingGuardsMixin
 from .packing import VisionPackingCollator
-from .publish import TaskScoreCallback, finish, hub_callbacks, hub_plan, score_split, training_record
+from .publish import TaskScoreCallback, finish, hub_callbacks, hub_plan, score_on_ranks, training_record
 from .setup import (
     HfMmArguments,
     RoleOptimizerMixin,
@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     # Save, record, card (and push): the scores of the final model
-    scores = None
-    if scoring is not None and trainer.is_world_process_zero():
-        scores = score_split(trainer.model, processor, eval_dataset)
+    scores = score_on_ranks(trainer.model, processor, eval_dataset) if scoring is not None else None
     record = run_record(trainer, "sft", hf_args, model_args, data_args, stage, scores)
     save_and_report(trainer, processor, training_args, model_args.use_peft, record, plan)
 

@@ -10,7 +10,8 @@ Shown: the per-step loss and gradient norm equal one process; the tower stays fr
 (one `.distcp` per rank) and marked complete; `--resume_from_checkpoint latest` continues from a sharded checkpoint
 onto the uninterrupted run's losses and weights; accelerate's `merge_fsdp_weights` consolidates a checkpoint into
 safetensors equal to the final model; the final model is saved whole and loads through AutoModelForImageTextToText
-with the one-process model's logits; LoRA on the LM trains like one process too.
+with the one-process model's logits; LoRA on the LM trains like one process too, and
+`--score_eval` scores the sharded model on every rank (scored on rank 0 alone, it waited forever).
 """
 
 import json
@@ -75,6 +76,9 @@ def runs(tmp_path_factory) -> dict[str, pathlib.Path]:
     root = tmp_path_factory.mktemp("accelerate_fsdp")
     save_base(root / "base")
     lora = ["--use_peft", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0"]
+    # Scored with hf_mm's scorers at the last step and at the end: every rank generates when the model is sharded.
+    lora += ["--synthetic_eval_samples", "4", "--eval_strategy", "steps", "--eval_steps", str(STEPS)]
+    lora += ["--score_eval", "true"]
     paths = {name: root / name for name in ("base", "fsdp", "resumed", "alone", "lora", "lora_alone")}
 
     launch(sft_args(paths["base"], paths["fsdp"], 2, "--save_strategy", "steps", "--save_steps", "2"))
@@ -143,6 +147,14 @@ def test_sharded_checkpoints_resume_with_latest_and_consolidate(runs, tmp_path):
 def test_lora_under_fsdp2_through_accelerate_trains_like_one_process(runs):
     losses, alone = history(runs["lora"], "loss"), history(runs["lora_alone"], "loss")
     assert max(abs(losses[s] - alone[s]) for s in alone) <= 1e-5, (losses, alone)
+    scores, alone_scores = (
+        [{k: v for k, v in entry.items() if k.startswith("score/")} for entry in json.loads(
+            (run / "trainer_state.json").read_text())["log_history"] if any(k.startswith("score/") for k in entry)]
+        for run in (runs["lora"], runs["lora_alone"])
+    )  # fmt: skip
+    assert len(scores) == 1 and scores == alone_scores  # the same greedy answers, scored while sharded
+    record, alone_record = (json.loads((runs[r] / "hf_mm_training.json").read_text()) for r in ("lora", "lora_alone"))
+    assert record["eval"] and record["eval"] == alone_record["eval"]
     adapter = load_file(runs["lora"] / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in adapter.items())  # trained: B starts at zero
     assert_same_tensors(adapter, load_file(runs["lora_alone"] / "adapter_model.safetensors"))

@@ -39,7 +39,11 @@ def runs(tmp_path_factory) -> dict[str, pathlib.Path]:
     saving = ["--save_strategy", "steps", "--save_steps", "2"]
     launch(sft_args(paths["base"], paths["zero3"], 2, *saving, use_cpu=False), RECIPE)
     shutil.copytree(paths["zero3"] / "checkpoint-2", paths["resumed"] / "checkpoint-2")
-    launch(sft_args(paths["base"], paths["resumed"], 2, "--resume_from_checkpoint", "latest", use_cpu=False), RECIPE)
+    # The resumed run is also scored with hf_mm's scorers at its last step and at the end, on both ranks.
+    scoring = ["--synthetic_eval_samples", "4", "--eval_strategy", "steps", "--eval_steps", str(STEPS)]
+    scoring += ["--score_eval", "true"]
+    resume = ["--resume_from_checkpoint", "latest", *scoring]
+    launch(sft_args(paths["base"], paths["resumed"], 2, *resume, use_cpu=False), RECIPE)
     main(["sft", *sft_args(paths["base"], paths["alone"], 4)])
     return paths
 
@@ -62,6 +66,9 @@ def test_partitioned_checkpoints_resume_with_latest_and_consolidate(runs):
     assert max(abs(resumed[s] - uninterrupted[s]) for s in range(3, STEPS + 1)) <= 1e-6, (resumed, uninterrupted)
     final = load_file(runs["zero3"] / "model.safetensors")
     assert_same_tensors(load_file(runs["resumed"] / "model.safetensors"), final, atol=1e-6)
+
+    record = json.loads((runs["resumed"] / "hf_mm_training.json").read_text())
+    assert record["eval"] and all(0.0 <= row["value"] <= 1.0 for row in record["eval"])  # scored while partitioned
 
     # DeepSpeed's own consolidation of the partitions equals the model the run saved.
     consolidated = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint))
