@@ -434,12 +434,11 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
 
     vision, text = build_towers(out / "towers", preset)
-    model = HfMmLlavaForConditionalGeneration.from_vision_text_pretrained(
-        vision, text, bridge_type=preset.bridge_type, vision_feature_layer=preset.vision_feature_layer
-    )
-    processor = HfMmLlavaProcessor.from_vision_text_pretrained(
-        vision, text, bridge_type=preset.bridge_type, vision_feature_layer=preset.vision_feature_layer
-    )
+    bridge = {"bridge_type": preset.bridge_type, "vision_feature_layer": preset.vision_feature_layer}
+    if preset.bridge_type == "pixel_shuffle":
+        bridge["pixel_shuffle_factor"] = preset.scene_cell // preset.patch_size
+    model = HfMmLlavaForConditionalGeneration.from_vision_text_pretrained(vision, text, **bridge)
+    processor = HfMmLlavaProcessor.from_vision_text_pretrained(vision, text, **bridge)
     print(f"1. composed {model.num_parameters():,} parameters from {vision} + {text}")
 
     make = synthetic.shapes_vqa
