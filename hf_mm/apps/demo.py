@@ -74,7 +74,6 @@ class DemoPreset:
     lm_pretrain_batch: int = 32
     lm_pretrain_lr: float = 2e-3
     scene_cell: int = 16  # the pixels one image token covers (8 px patches, 2x2 per token): one word per block
-    align_stage: str = "align"
     align_on_captions: bool = True  # LLaVA stage 1's data: image-caption pairs ("Describe the scene.")
     align_steps: int = 500
     instruct_steps: int = 300
@@ -448,17 +447,11 @@ def main(argv: list[str] | None = None) -> dict:
     before = accuracy(model, processor, held_out)
     print(f"2. held-out accuracy before training: {describe(before)} (chance: colour 1/6, shape 1/3)")
 
-    captions = synthetic.to_dataset(describe_samples(train_samples, preset.scene_cell))
-    align = train_stage(
-        model,
-        processor,
-        captions if preset.align_on_captions else train,
-        preset.align_stage,
-        preset.align_steps,
-        preset.align_lr,
-        preset,
-        out,
+    # LLaVA's stage 1 trains on image-caption pairs: here the scenes' words ("Describe the scene.")
+    pairs = (
+        synthetic.to_dataset(describe_samples(train_samples, preset.scene_cell)) if preset.align_on_captions else train
     )
+    align = train_stage(model, processor, pairs, "align", preset.align_steps, preset.align_lr, preset, out)
     instruct = train_stage(model, processor, train, "instruct", preset.instruct_steps, preset.instruct_lr, preset, out)
     after = accuracy(model, processor, held_out)
     text_only = accuracy(model, processor, held_out, shuffle_images=True)
