@@ -14,6 +14,8 @@
 - `transformers.AutoImageProcessor` is a placeholder that demands torchvision on 5.16 (without it, as on this CPU
   stack); its own module has the real class on every release.
 - `slice_logits_to_keep` (the head's `logits_to_keep` rule) is in `modeling_utils` only on the newer releases.
+- 5.25 loading under DeepSpeed ZeRO-3 keeps every key conversion it knows on the model, not only those that matched
+  the checkpoint, so `save_pretrained` wrote legacy prefixes (`keep_matched_weight_conversions`).
 """
 
 from __future__ import annotations
@@ -103,6 +105,19 @@ class CompositeConfig(PreTrainedConfig):
                 if getattr(self, key) is not None or not spec.optional:
                     setattr(self, key, spec.create_subconfig(key, getattr(self, key)))
         super().__post_init__(**kwargs)
+
+
+def keep_matched_weight_conversions(model) -> None:
+    """Forget the key conversions that matched no checkpoint key, as transformers' plain loader does.
+
+    Under ZeRO-3, transformers (5.25) loads through DeepSpeed and keeps its whole conversion mapping on the model;
+    `save_pretrained` reverses every one of them, so an hf_mm model trained under ZeRO-3 was saved under the legacy
+    prefixes (`vision_tower.vision_model.*`, `language_model.model.*`) that nothing but transformers' own loader
+    maps back (tests/training/test_accelerate_zero3.py). Releases without `was_used` are left as they are.
+    """
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions and all(hasattr(conversion, "was_used") for conversion in conversions):
+        model._weight_conversions = [conversion for conversion in conversions if conversion.was_used()]
 
 
 def enable_activation_checkpointing(model, **kwargs) -> None:

@@ -8,6 +8,8 @@ it. Passing `use_safetensors=False` explicitly is refused too.
 
 from __future__ import annotations
 
+from .compat import keep_matched_weight_conversions
+
 CONVERT_HINT = (
     "hf_mm loads safetensors weights only and never unpickles. Convert the checkpoint once, in an environment you "
     "trust: load it with transformers and `save_pretrained` it again (safetensors is the default)."
@@ -33,8 +35,12 @@ def load_safetensors(load, name_or_path, *args, **kwargs):
 
 
 class SafetensorsOnlyMixin:
-    """For hf_mm's PreTrainedModel classes: `from_pretrained` reads safetensors only (see the module docstring)."""
+    """For hf_mm's PreTrainedModel classes: `from_pretrained` reads safetensors only (see the module docstring), and
+    the model keeps only the key conversions its checkpoint used, so that it saves under hf_mm's names whatever
+    loaded it (`compat.keep_matched_weight_conversions`: transformers' ZeRO-3 loader keeps them all)."""
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        return load_safetensors(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
+        loaded = load_safetensors(super().from_pretrained, pretrained_model_name_or_path, *args, **kwargs)
+        keep_matched_weight_conversions(loaded[0] if isinstance(loaded, tuple) else loaded)  # output_loading_info
+        return loaded

@@ -27,9 +27,3 @@ def is_sharded(model) -> bool:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return False
     return is_deepspeed_zero3_enabled() or any(isinstance(module, FSDPModule) for module in model.modules())
-
-
-def is_main_process() -> bool:
-    """Rank 0 of the process group, or the only process."""
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    return not distributed or torch.distributed.get_rank() == 0

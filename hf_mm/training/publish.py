@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 from .. import hub
 from ..eval import evaluate, predict
 from ..eval.scorers import BOX_TASKS
-from .fsdp import is_main_process, is_sharded
+from .fsdp import is_sharded
 
 
 class TaskScoreCallback(TrainerCallback):
@@ -30,8 +30,9 @@ class TaskScoreCallback(TrainerCallback):
         self.latest: list[dict] | None = None
 
     def on_evaluate(self, args, state, control, model=None, **kwargs):
-        scores = score_on_ranks(model, self.processor, self.dataset, max_new_tokens=self.max_new_tokens)
-        if state.is_world_process_zero:
+        main = state.is_world_process_zero
+        scores = score_on_ranks(model, self.processor, self.dataset, main, max_new_tokens=self.max_new_tokens)
+        if main:
             self.latest = scores
             row = {f"score/{r['task']}/{r['metric']}": r["value"] for r in self.latest}
             state.log_history.append({**row, "step": state.global_step})
@@ -136,12 +137,12 @@ def score_split(
     return [card_row(task, value, counts[task], split) for task, value in scores["per_task"].items()]
 
 
-def score_on_ranks(model, processor, dataset, **kwargs) -> list[dict] | None:
+def score_on_ranks(model, processor, dataset, main: bool, **kwargs) -> list[dict] | None:
     """`score_split` on the main process; on every rank when the model is sharded (FSDP, ZeRO-3), whose forward
     passes gather parameters from all ranks: scored on rank 0 alone it would wait for them forever. Ranks then
     generate in step (`synced_gpus`). Returns the rows where scored, else None."""
     sharded = is_sharded(model)
-    if not sharded and not is_main_process():
+    if not sharded and not main:
         return None
     return score_split(model, processor, dataset, **kwargs, **({"synced_gpus": True} if sharded else {}))
 

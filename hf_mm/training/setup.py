@@ -79,21 +79,7 @@ def load_model_and_processor(hf_args: HfMmArguments, model_args: ModelConfig):
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     model = AutoModelForImageTextToText.from_pretrained(model_args.model_name_or_path, **kwargs)
-    keep_matched_weight_conversions(model)
     return model, AutoProcessor.from_pretrained(model_args.model_name_or_path)
-
-
-def keep_matched_weight_conversions(model) -> None:
-    """Forget the key conversions that matched no checkpoint key, as transformers' plain loader does.
-
-    Under ZeRO-3, transformers (5.25) loads through DeepSpeed and keeps its whole conversion mapping on the model;
-    `save_pretrained` reverses every one of them, so the final save wrote an hf_mm checkpoint under the legacy
-    prefixes (`vision_tower.vision_model.*`, `language_model.model.*`) that nothing but transformers' own loader
-    maps back (tests/training/test_accelerate_zero3.py).
-    """
-    conversions = getattr(model, "_weight_conversions", None)
-    if conversions and all(hasattr(conversion, "was_used") for conversion in conversions):
-        model._weight_conversions = [conversion for conversion in conversions if conversion.was_used()]
 
 
 def compose(hf_args: HfMmArguments, **loading):

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
 
     # Save, record, card (and push): the scores of the final model
-    scores = score_on_ranks(trainer.model, processor, eval_dataset) if scoring is not None else None
+    main_process = trainer.is_world_process_zero()
+    scores = score_on_ranks(trainer.model, processor, eval_dataset, main_process) if scoring is not None else None
     record = run_record(trainer, "sft", hf_args, model_args, data_args, stage, scores)
     save_and_report(trainer, processor, training_args, model_args.use_peft, record, plan)
 

@@ -98,11 +98,11 @@ def test_rotation_keeps_the_newest_complete_checkpoint_and_latest_finds_it(tmp_p
 
 def test_a_model_holding_every_key_conversion_still_saves_hf_mm_keys(tmp_path):
     # transformers 5.25's ZeRO-3 loader leaves every conversion it knows on the model, matched or not, and
-    # save_pretrained reverses them all; the training CLIs keep only the matched ones after loading.
+    # save_pretrained reverses them all; every hf_mm class's from_pretrained keeps only the matched ones.
     from safetensors.torch import load_file
     from transformers.conversion_mapping import get_model_conversion_mapping
 
-    from hf_mm.training.setup import keep_matched_weight_conversions
+    from hf_mm.modeling.compat import keep_matched_weight_conversions
 
     model = HfMmLlavaForConditionalGeneration(CONFIG)
     model.save_pretrained(tmp_path / "plain")
