@@ -1,10 +1,13 @@
 """The learning demo, shortened (`--preset quick`): the model must beat chance by a wide margin after training."""
 
+import dataclasses
+
 import PIL.Image
 import PIL.ImageDraw
+import pytest
 from huggingface_hub import ModelCard
 
-from hf_mm.apps.demo import main, scene_words
+from hf_mm.apps.demo import PRESETS, main, scene_words
 from hf_mm.data import synthetic
 
 # Chance on the held-out colour/shape mix: half the questions have 6 colours, half 3 shapes -> (1/6 + 1/3) / 2.
@@ -56,3 +59,11 @@ def test_quick_clip_demo_learns_digits_from_captions(tmp_path, capsys):
     assert result["after"]["zero_shot_top1"] >= 0.5, result["after"]
     assert result["after"]["image_to_text/R@1"] >= 0.5
     assert "the zero-shot pipeline on a held-out" in capsys.readouterr().out
+
+
+def test_a_preset_whose_scene_words_would_not_match_the_image_tokens_is_refused():
+    with pytest.raises(ValueError, match="scene_cell=12 must divide"):
+        dataclasses.replace(PRESETS["full"], scene_cell=12)
+    with pytest.raises(ValueError, match="set scene_cell=8"):
+        dataclasses.replace(PRESETS["full"], bridge_type="mlp2x_gelu")
+    dataclasses.replace(PRESETS["full"], bridge_type="mlp2x_gelu", scene_cell=8)  # one word per patch: accepted

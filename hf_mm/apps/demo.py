@@ -81,6 +81,20 @@ class DemoPreset:
     align_lr: float = 2e-3
     instruct_lr: float = 1e-3
 
+    def __post_init__(self):
+        # One scene word per image token: a pixel-shuffle token covers scene_cell / patch_size patches a side,
+        # any other bridge's token one patch.
+        if self.image_size % self.scene_cell or self.scene_cell % self.patch_size:
+            raise ValueError(
+                f"scene_cell={self.scene_cell} must divide image_size={self.image_size} and be a multiple of "
+                f"patch_size={self.patch_size}."
+            )
+        if self.lm_pretrain_steps and self.bridge_type != "pixel_shuffle" and self.scene_cell != self.patch_size:
+            raise ValueError(
+                f"bridge_type={self.bridge_type!r} gives one image token per {self.patch_size} px patch, so the LM's "
+                f"scene words must cover as much: set scene_cell={self.patch_size}, or use bridge_type='pixel_shuffle'."
+            )
+
 
 PRESETS = {
     "full": DemoPreset(),
