@@ -4,11 +4,12 @@ and the plot agree."""
 
 import json
 import statistics
+from pathlib import Path
 
 import PIL.Image
 import pytest
 
-from hf_mm.apps.compare import ci95, describe, main, stage_steps, text_chats
+from hf_mm.apps.compare import ci95, describe, main, stage_steps, table, text_chats
 from hf_mm.data import synthetic
 
 
@@ -99,3 +100,12 @@ def test_qformer_stage1_row_is_reported_separately(tmp_path):
     assert "| `qformer_stage1` (+3 stage-1 steps) | digits |" in (out / "table.md").read_text()
     with pytest.raises(SystemExit):
         main(["--quick", "--qformer-stage1-steps", "-1", "--output-dir", str(out)])
+
+
+def test_the_published_comparison_is_the_committed_run():
+    # docs/bridges.md's table and its conclusions are drawn from docs/bridges-results.json: the table must be the one
+    # that JSON renders, so a rerun cannot update one without the other.
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    saved = json.loads((docs / "bridges-results.json").read_text())
+    assert table(saved["rows"]).strip() in (docs / "bridges.md").read_text()
+    assert {row["task"] for row in saved["rows"]} == {"digits", "shapes_vqa"} and saved["seeds"] == [0, 1, 2]
