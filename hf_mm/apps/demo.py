@@ -476,8 +476,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
 
     vision, text = build_towers(out / "towers", preset)
-    in_words = text_accuracy(text, preset) if preset.lm_pretrain_steps else None
-    if in_words is not None:
+    in_words = None
+    if preset.lm_pretrain_steps:
+        in_words = text_accuracy(text, preset)
         print(f"   the LM answers {in_words:.1%} of held-out questions about scenes written as words")
     bridge = {"bridge_type": preset.bridge_type, "vision_feature_layer": preset.vision_feature_layer}
     if preset.bridge_type == "pixel_shuffle":
